@@ -1,0 +1,62 @@
+//! `tessera`: runs one role of the cluster or an admin command. It only
+//! parses arguments and calls into the role crates.
+
+mod admin;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Tessera distributed storage")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a chunk server.
+    Chunkserver {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Cluster administration.
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tessera_common::telemetry::init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Chunkserver { config } => {
+            let config = tessera_chunkserver::config::ChunkServerConfig::load(&config)?;
+            tessera_chunkserver::node::run(config)
+                .await
+                .context("running the chunk server")
+        }
+        Command::Admin { command } => admin::run(command).await,
+    }
+}

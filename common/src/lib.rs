@@ -1,0 +1,12 @@
+//! Shared foundation of every Tessera role: identities, wire messages,
+//! cluster RPC, PKI, clocks and telemetry. Roles talk to each other only
+//! through the wire API defined here.
+
+pub mod chunk_api;
+pub mod chunk_client;
+pub mod clock;
+pub mod ids;
+pub mod pki;
+pub mod rpc;
+pub mod telemetry;
+pub mod wire;

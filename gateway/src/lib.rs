@@ -1,0 +1,1 @@
+//! Gateway: S3 HTTP API and NBD export (DESIGN §1). Not built yet (issue 5).
