@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_common::chunk_api::{self, ChunkServerHeartbeat, HeartbeatAck};
+use tessera_common::clock::Clock;
 use tessera_common::ids::NodeId;
 use tessera_common::rpc::{self, CallOptions, RpcError, Transport};
 use tokio::sync::watch;
@@ -70,7 +71,8 @@ pub struct HeartbeatIdentity {
 
 /// Sends a heartbeat every interval until `shutdown` flips to true. The
 /// interval is the name server's latest answer, else `default_interval`.
-pub async fn run_heartbeats<S: ChunkStore, R: ClusterRegistry>(
+pub async fn run_heartbeats<S: ChunkStore, R: ClusterRegistry, C: Clock>(
+    clock: C,
     store: Arc<S>,
     registry: R,
     identity: HeartbeatIdentity,
@@ -103,7 +105,7 @@ pub async fn run_heartbeats<S: ChunkStore, R: ClusterRegistry>(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = clock.sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {

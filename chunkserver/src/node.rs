@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tessera_common::clock::TokioClock;
 use tessera_common::ids::NodeId;
 use tessera_common::pki::NodeIdentity;
 use tessera_common::rpc::{RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
@@ -47,6 +48,7 @@ impl ChunkServer {
             pass_interval: Duration::from_secs(config.scrub_pass_interval_s),
         };
         tasks.push(tokio::spawn(run_scrub(
+            TokioClock::default(),
             store.clone(),
             corrupt.clone(),
             scrub,
@@ -62,6 +64,7 @@ impl ChunkServer {
             };
             let interval = Duration::from_millis(config.heartbeat_interval_ms);
             tasks.push(tokio::spawn(run_heartbeats(
+                TokioClock::default(),
                 store.clone(),
                 registry,
                 heartbeat_identity,

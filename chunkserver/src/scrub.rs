@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tessera_common::clock::Clock;
 use tessera_common::ids::ChunkId;
 use tokio::sync::watch;
 
@@ -45,7 +46,8 @@ pub struct ScrubConfig {
 }
 
 /// One pass over every sealed chunk. Returns the bytes verified.
-pub async fn scrub_pass<S: ChunkStore>(
+pub async fn scrub_pass<S: ChunkStore, C: Clock>(
+    clock: &C,
     store: &S,
     corrupt: &CorruptChunks,
     bytes_per_sec: u64,
@@ -61,7 +63,7 @@ pub async fn scrub_pass<S: ChunkStore>(
         verified_total += verified;
         let pause = Duration::from_secs_f64(verified as f64 / bytes_per_sec.max(1) as f64);
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = clock.sleep(pause) => {}
             _ = shutdown.changed() => break,
         }
     }
@@ -90,17 +92,18 @@ async fn scrub_one<S: ChunkStore>(store: &S, corrupt: &CorruptChunks, chunk: Chu
 }
 
 /// Runs scrub passes until `shutdown` flips to true.
-pub async fn run_scrub<S: ChunkStore>(
+pub async fn run_scrub<S: ChunkStore, C: Clock>(
+    clock: C,
     store: Arc<S>,
     corrupt: CorruptChunks,
     config: ScrubConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let verified = scrub_pass(&*store, &corrupt, config.bytes_per_sec, &mut shutdown).await;
+        let verified = scrub_pass(&clock, &*store, &corrupt, config.bytes_per_sec, &mut shutdown).await;
         tracing::debug!(bytes = verified, "scrub pass finished");
         tokio::select! {
-            _ = tokio::time::sleep(config.pass_interval) => {}
+            _ = clock.sleep(config.pass_interval) => {}
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {

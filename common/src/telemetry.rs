@@ -2,6 +2,7 @@
 //! (filter from `RUST_LOG`, default `info`) and a Prometheus exporter serving
 //! `/metrics` over HTTP.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
@@ -16,6 +17,7 @@ pub fn init_tracing() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .try_init();
     });
 }
