@@ -113,18 +113,8 @@ pub async fn run(config: ChunkServerConfig) -> anyhow::Result<()> {
         tessera_common::telemetry::serve_metrics(addr)?;
     }
     let node = ChunkServer::start(config).await?;
-    wait_for_signal().await?;
+    tessera_common::signal::wait_for_shutdown_signal().await?;
     tracing::info!("shutting down");
     node.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
-        _ = terminate.recv() => {}
-    }
     Ok(())
 }

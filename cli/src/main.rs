@@ -23,6 +23,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a name server (one member of the Raft group).
+    Nameserver {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Cluster administration.
     Admin {
         #[command(subcommand)]
@@ -56,6 +62,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tessera_chunkserver::node::run(config)
                 .await
                 .context("running the chunk server")
+        }
+        Command::Nameserver { config } => {
+            let config = tessera_nameserver::config::NameServerConfig::load(&config)?;
+            tessera_nameserver::raft::node::run(config)
+                .await
+                .context("running the name server")
         }
         Command::Admin { command } => admin::run(command).await,
     }

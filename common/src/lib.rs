@@ -8,5 +8,6 @@ pub mod clock;
 pub mod ids;
 pub mod pki;
 pub mod rpc;
+pub mod signal;
 pub mod telemetry;
 pub mod wire;

@@ -1,1 +1,9 @@
-//! Name server: Raft-replicated namespace, guard entries, cluster map (DESIGN §1, §4). Not built yet (issue 3).
+//! Name server (DESIGN §1, §4): the cluster's source of truth for names,
+//! guard entries, the cluster map, buckets, keys and volumes, replicated by
+//! one openraft group whose log and state machine live in RocksDB.
+
+pub mod config;
+pub mod guards;
+pub mod kv;
+pub mod namespace;
+pub mod raft;

@@ -1,0 +1,253 @@
+//! `tessera nameserver --config FILE`: the TOML configuration, validated
+//! with errors that name the offending field.
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "127.0.0.1:7001"
+//! advertise = "10.0.0.1:7001"         # optional, defaults to the bound address
+//! data_dir = "/var/lib/tessera/ns1"   # RocksDB: Raft log + state machine
+//! certs_dir = "/etc/tessera/certs"    # from `tessera admin init`
+//! identity = "ns1"                    # certs_dir/ns1.pem + ns1.key
+//! metrics_listen = "127.0.0.1:9101"   # optional
+//!
+//! [raft]                              # optional, every knob has a default
+//! heartbeat_interval_ms = 200
+//! election_timeout_min_ms = 1000
+//! election_timeout_max_ms = 2000
+//! snapshot_logs_since_last = 10000
+//!
+//! # Initial members, used only on the very first start of a fresh cluster.
+//! [[bootstrap]]
+//! id = 1
+//! addr = "127.0.0.1:7001"
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameServerConfig {
+    pub node_id: u64,
+    /// UDP (QUIC control) and TCP (bulk data) on the same port.
+    pub listen: SocketAddr,
+    /// Address other nodes use to reach this one; defaults to the bound one.
+    pub advertise: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub certs_dir: PathBuf,
+    /// Name of this node's certificate in `certs_dir`.
+    pub identity: String,
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub raft: RaftTuning,
+    /// Initial voters; applied only if this node's log is empty.
+    #[serde(default)]
+    pub bootstrap: Vec<BootstrapMember>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapMember {
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+/// Raft timing and log-compaction knobs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// Leader heartbeat period; also the deadline of one append RPC.
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log after they are covered by a snapshot.
+    pub max_in_snapshot_log_to_keep: u64,
+    /// Entries per append RPC at most.
+    pub max_payload_entries: u64,
+    /// Deadline of sending and installing one snapshot.
+    pub install_snapshot_timeout_ms: u64,
+    /// How long a proposal may wait for its commit before `Unavailable`.
+    pub propose_timeout_ms: u64,
+    /// How long a linearizable read may wait for leadership confirmation.
+    pub read_timeout_ms: u64,
+    /// How long adding a learner (until it caught up) or changing
+    /// membership may take.
+    pub membership_timeout_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 200,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            snapshot_logs_since_last: 10_000,
+            max_in_snapshot_log_to_keep: 1_000,
+            max_payload_entries: 256,
+            install_snapshot_timeout_ms: 30_000,
+            propose_timeout_ms: 5_000,
+            read_timeout_ms: 5_000,
+            membership_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl RaftTuning {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_interval_ms < 20 {
+            bail!(
+                "raft.heartbeat_interval_ms = {}: must be at least 20",
+                self.heartbeat_interval_ms
+            );
+        }
+        if self.election_timeout_min_ms < 3 * self.heartbeat_interval_ms {
+            bail!(
+                "raft.election_timeout_min_ms = {}: must be at least 3 x heartbeat_interval_ms ({})",
+                self.election_timeout_min_ms,
+                self.heartbeat_interval_ms
+            );
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            bail!(
+                "raft.election_timeout_max_ms = {}: must exceed election_timeout_min_ms ({})",
+                self.election_timeout_max_ms,
+                self.election_timeout_min_ms
+            );
+        }
+        let positive = [
+            ("raft.snapshot_logs_since_last", self.snapshot_logs_since_last),
+            ("raft.max_payload_entries", self.max_payload_entries),
+            ("raft.install_snapshot_timeout_ms", self.install_snapshot_timeout_ms),
+            ("raft.propose_timeout_ms", self.propose_timeout_ms),
+            ("raft.read_timeout_ms", self.read_timeout_ms),
+            ("raft.membership_timeout_ms", self.membership_timeout_ms),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            bail!("{name}: must be positive");
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration these knobs describe.
+    pub fn openraft_config(&self) -> anyhow::Result<openraft::Config> {
+        let config = openraft::Config {
+            cluster_name: "tessera-ns".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            max_payload_entries: self.max_payload_entries,
+            replication_lag_threshold: self.snapshot_logs_since_last + self.max_in_snapshot_log_to_keep,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
+            ..openraft::Config::default()
+        };
+        config.validate().context("raft: invalid openraft configuration")
+    }
+}
+
+impl NameServerConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: NameServerConfig = toml::from_str(text).context("parsing TOML")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.identity.is_empty() {
+            bail!("identity: must name a certificate in certs_dir");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("data_dir: must not be empty");
+        }
+        self.raft.validate()?;
+        self.validate_bootstrap()
+    }
+
+    fn validate_bootstrap(&self) -> anyhow::Result<()> {
+        if self.bootstrap.is_empty() {
+            return Ok(());
+        }
+        let ids: BTreeSet<u64> = self.bootstrap.iter().map(|m| m.id).collect();
+        if ids.len() != self.bootstrap.len() {
+            bail!("bootstrap: member ids must be unique");
+        }
+        let addrs: BTreeSet<SocketAddr> = self.bootstrap.iter().map(|m| m.addr).collect();
+        if addrs.len() != self.bootstrap.len() {
+            bail!("bootstrap: member addresses must be unique");
+        }
+        if !ids.contains(&self.node_id) {
+            bail!(
+                "bootstrap: must list this node (node_id = {}) or be empty",
+                self.node_id
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 1
+listen = "127.0.0.1:7001"
+data_dir = "/tmp/ns1"
+certs_dir = "/tmp/certs"
+identity = "ns1"
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let config = NameServerConfig::parse(GOOD).expect("parses");
+        assert_eq!(config.raft.heartbeat_interval_ms, 200);
+        assert!(config.bootstrap.is_empty());
+        let raft = config.raft.openraft_config().expect("valid");
+        assert_eq!(raft.snapshot_policy, openraft::SnapshotPolicy::LogsSinceLast(10_000));
+    }
+
+    #[test]
+    fn bootstrap_and_tuning_parse() {
+        let text = format!(
+            "{GOOD}\n[raft]\nheartbeat_interval_ms = 100\nsnapshot_logs_since_last = 50\n\
+             [[bootstrap]]\nid = 1\naddr = \"127.0.0.1:7001\"\n[[bootstrap]]\nid = 2\naddr = \"127.0.0.1:7002\"\n"
+        );
+        let config = NameServerConfig::parse(&text).expect("parses");
+        assert_eq!(config.raft.heartbeat_interval_ms, 100);
+        assert_eq!(config.raft.snapshot_logs_since_last, 50);
+        assert_eq!(config.bootstrap.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            (GOOD.replace("127.0.0.1:7001", "nowhere"), "listen"),
+            (GOOD.replace("node_id = 1", "node_id = 1\nbogus = 3"), "bogus"),
+            (format!("{GOOD}\n[raft]\nheartbeat_interval_ms = 5\n"), "heartbeat_interval_ms"),
+            (format!("{GOOD}\n[raft]\nelection_timeout_max_ms = 10\n"), "election_timeout_max_ms"),
+            (format!("{GOOD}\n[raft]\nsnapshot_logs_since_last = 0\n"), "snapshot_logs_since_last"),
+            (format!("{GOOD}\n[raft]\nheartbeat_ms = 100\n"), "heartbeat_ms"),
+            (format!("{GOOD}\n[[bootstrap]]\nid = 2\naddr = \"127.0.0.1:7002\"\n"), "bootstrap"),
+            (
+                format!("{GOOD}\n[[bootstrap]]\nid = 1\naddr = \"127.0.0.1:7001\"\n[[bootstrap]]\nid = 1\naddr = \"127.0.0.1:7002\"\n"),
+                "unique",
+            ),
+        ];
+        for (text, field) in &cases {
+            let error = format!("{:#}", NameServerConfig::parse(text).expect_err(field));
+            assert!(error.contains(field), "error {error:?} should name {field}");
+        }
+    }
+}

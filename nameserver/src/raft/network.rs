@@ -1,0 +1,235 @@
+//! openraft's network over the cluster RPC ([`RpcClient`], QUIC + mTLS).
+//!
+//! Error mapping: a peer we cannot connect to (or that is shutting down) is
+//! `Unreachable` (openraft backs off); a deadline is `Timeout`; a failure
+//! mid-call or an undecodable answer is a `NetworkError` (retried at once);
+//! an error returned by the peer's Raft is a `RemoteError`. Calls are never
+//! retried by the RPC layer: openraft drives its own retries.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, OptionalSend, RPCTypes, Snapshot};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tessera_common::rpc::{self, CallOptions, Method, RpcClient, RpcError};
+use tessera_common::wire::BULK_BYTES_MAX;
+
+use crate::raft::codec::decode;
+use crate::raft::service::{
+    blob, envelope, opened, RaftAppend, RaftBlob, RaftSnapshot, RaftVote, RemoteResult, SnapshotHeader,
+};
+use crate::raft::{Member, RaftNodeId, TypeConfig, Vote};
+
+/// Creates one [`PeerNetwork`] per replication target.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    id: RaftNodeId,
+    client: RpcClient,
+}
+
+impl NetworkFactory {
+    pub fn new(id: RaftNodeId, client: RpcClient) -> Self {
+        NetworkFactory { id, client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: RaftNodeId, node: &Member) -> PeerNetwork {
+        PeerNetwork {
+            id: self.id,
+            target,
+            addr: node.addr.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// The connection to one peer (connections are pooled by the RPC client).
+pub struct PeerNetwork {
+    id: RaftNodeId,
+    target: RaftNodeId,
+    addr: String,
+    client: RpcClient,
+}
+
+/// Why a Raft call to a peer failed, before mapping to openraft's types.
+enum CallFailure<E> {
+    Unreachable(Unreachable),
+    Timeout(Duration),
+    Network(NetworkError),
+    Remote(E),
+}
+
+fn any(msg: impl ToString) -> AnyError {
+    AnyError::error(msg)
+}
+
+impl PeerNetwork {
+    fn peer(&self) -> Result<SocketAddr, Unreachable> {
+        self.addr.parse().map_err(|e| {
+            Unreachable::new(&any(format!(
+                "bad address {:?} of node {}: {e}",
+                self.addr, self.target
+            )))
+        })
+    }
+
+    async fn call<M, Req, T, E>(&self, request: &Req, bulk: Bytes, ttl: Duration) -> Result<T, CallFailure<E>>
+    where
+        M: Method<Request = RaftBlob, Response = RaftBlob>,
+        Req: Serialize,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let peer = self.peer().map_err(CallFailure::Unreachable)?;
+        let opts = CallOptions {
+            timeout: ttl,
+            retries: 0,
+            ..CallOptions::default()
+        };
+        // With a bulk payload of its own (a snapshot) the request stays inline.
+        let (body, bulk) = if bulk.is_empty() {
+            envelope(request)
+        } else {
+            (blob(request), bulk)
+        };
+        let (response, response_bulk) = rpc::call::<M, _>(&self.client, peer, &body, bulk, &opts)
+            .await
+            .map_err(|e| classify(&e, ttl))?;
+        match decode::<RemoteResult<T, E>>("raft reply", opened(&response, &response_bulk)) {
+            Ok(RemoteResult::Ok(v)) => Ok(v),
+            Ok(RemoteResult::Err(e)) => Err(CallFailure::Remote(e)),
+            Ok(RemoteResult::Malformed(m)) => Err(CallFailure::Network(NetworkError::new(&any(format!(
+                "{} refused our request as malformed: {m}",
+                M::NAME
+            ))))),
+            Err(e) => Err(CallFailure::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        failure: CallFailure<E>,
+    ) -> RPCError<RaftNodeId, Member, E> {
+        match failure {
+            CallFailure::Unreachable(u) => RPCError::Unreachable(u),
+            CallFailure::Network(n) => RPCError::Network(n),
+            CallFailure::Timeout(timeout) => RPCError::Timeout(Timeout {
+                action,
+                id: self.id,
+                target: self.target,
+                timeout,
+            }),
+            CallFailure::Remote(e) => RPCError::RemoteError(RemoteError::new(self.target, e)),
+        }
+    }
+}
+
+fn classify<E>(e: &RpcError, ttl: Duration) -> CallFailure<E> {
+    match e {
+        RpcError::Connect { .. } | RpcError::ShuttingDown => CallFailure::Unreachable(Unreachable::new(e)),
+        RpcError::Timeout(_) => CallFailure::Timeout(ttl),
+        _ => CallFailure::Network(NetworkError::new(e)),
+    }
+}
+
+fn record(method: &'static str, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!("ns_raft_rpc_sent_total", "method" => method, "outcome" => outcome).increment(1);
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<RaftNodeId>, RPCError<RaftNodeId, Member, RaftError<RaftNodeId>>> {
+        let result = self
+            .call::<RaftAppend, _, _, RaftError<RaftNodeId>>(&rpc, Bytes::new(), option.hard_ttl())
+            .await;
+        record(RaftAppend::NAME, result.is_ok());
+        result.map_err(|f| self.rpc_error(RPCTypes::AppendEntries, f))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<RaftNodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<RaftNodeId>, RPCError<RaftNodeId, Member, RaftError<RaftNodeId>>> {
+        let result = self
+            .call::<RaftVote, _, _, RaftError<RaftNodeId>>(&rpc, Bytes::new(), option.hard_ttl())
+            .await;
+        record(RaftVote::NAME, result.is_ok());
+        result.map_err(|f| self.rpc_error(RPCTypes::Vote, f))
+    }
+
+    /// Never called: [`Self::full_snapshot`] sends a snapshot whole in one
+    /// call, so openraft's chunked transport is not used.
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<RaftNodeId>,
+        RPCError<RaftNodeId, Member, RaftError<RaftNodeId, InstallSnapshotError>>,
+    > {
+        Err(RPCError::Network(NetworkError::new(&any(
+            "chunked snapshot transfer is not supported; snapshots are sent whole (ns.raft_snapshot)",
+        ))))
+    }
+
+    #[tracing::instrument(level = "info", skip_all, fields(target = self.target, meta = %snapshot.meta))]
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<RaftNodeId>, StreamingError<TypeConfig, Fatal<RaftNodeId>>> {
+        let data = snapshot.snapshot.into_inner();
+        if data.len() as u64 > BULK_BYTES_MAX {
+            let msg = format!("snapshot of {} bytes exceeds one call's bulk limit", data.len());
+            return Err(StreamingError::Network(NetworkError::new(&any(msg))));
+        }
+        let header = SnapshotHeader {
+            vote,
+            meta: snapshot.meta,
+        };
+        let ttl = option.hard_ttl();
+        let send = self.call::<RaftSnapshot, _, SnapshotResponse<RaftNodeId>, Fatal<RaftNodeId>>(
+            &header,
+            Bytes::from(data),
+            ttl,
+        );
+        let result = tokio::select! {
+            result = send => result,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        record(RaftSnapshot::NAME, result.is_ok());
+        result.map_err(|failure| match self.rpc_error(RPCTypes::InstallSnapshot, failure) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Network(n) => StreamingError::Network(n),
+            RPCError::Timeout(t) => StreamingError::Timeout(t),
+            RPCError::RemoteError(r) => StreamingError::RemoteError(r),
+            RPCError::PayloadTooLarge(p) => StreamingError::Network(NetworkError::new(&p)),
+        })
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(250)))
+    }
+}

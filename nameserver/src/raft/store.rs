@@ -1,0 +1,90 @@
+//! One RocksDB per name server holding Raft's log and metadata, the state
+//! machine's metadata, the current snapshot, and every namespace table, each
+//! in its own column family. All RocksDB calls run off the async runtime
+//! ([`blocking`]), so a slow fsync never stalls heartbeats.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
+use rocksdb::{ColumnFamily, Options, DB};
+
+use crate::namespace;
+use crate::raft::StorageError;
+
+/// Log entries, keyed by big-endian index.
+pub const CF_LOG: &str = "raft_log";
+/// Vote, committed log id, last purged log id.
+pub const CF_RAFT_META: &str = "raft_meta";
+/// Last applied log id and membership, written with every applied batch.
+pub const CF_SM_META: &str = "sm_meta";
+/// The current snapshot (meta and data), replaced atomically.
+pub const CF_SNAPSHOT: &str = "raft_snapshot";
+
+pub const KEY_VOTE: &[u8] = b"vote";
+pub const KEY_COMMITTED: &[u8] = b"committed";
+pub const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
+
+/// Raft's own column families (the namespace's are [`namespace::TABLES`]).
+pub const RAFT_CFS: &[&str] = &[CF_LOG, CF_RAFT_META, CF_SM_META, CF_SNAPSHOT];
+
+/// Opens (creating if needed) the node's database under `dir`. Column
+/// families already present are opened too, so a table dropped from the code
+/// never makes an old database unopenable.
+pub fn open(dir: &Path) -> anyhow::Result<Arc<DB>> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_max_background_jobs(2);
+    let mut names: Vec<String> = RAFT_CFS
+        .iter()
+        .chain(namespace::TABLES)
+        .map(|s| s.to_string())
+        .collect();
+    for existing in DB::list_cf(&options, dir).unwrap_or_default() {
+        if existing != "default" && !names.contains(&existing) {
+            names.push(existing);
+        }
+    }
+    let db =
+        DB::open_cf(&options, dir, &names).map_err(|e| anyhow::anyhow!("opening RocksDB {}: {e}", dir.display()))?;
+    Ok(Arc::new(db))
+}
+
+/// The handle of column family `name`, or a storage error naming it.
+pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, StorageError> {
+    db.cf_handle(name).ok_or_else(|| {
+        store_error(
+            ErrorVerb::Read,
+            AnyError::error(format!("column family {name} missing")),
+        )
+    })
+}
+
+pub fn store_error(verb: ErrorVerb, source: impl Into<AnyError>) -> StorageError {
+    StorageIOError::new(ErrorSubject::Store, verb, source).into()
+}
+
+/// Write options of Raft's own durable writes: synced before returning.
+pub fn synced() -> rocksdb::WriteOptions {
+    let mut options = rocksdb::WriteOptions::default();
+    options.set_sync(true);
+    options
+}
+
+/// Runs `f` on the blocking pool and waits for it. A panic or cancellation of
+/// the blocking task becomes a storage error (the node stops).
+pub async fn blocking<T, F>(f: F) -> Result<T, StorageError>
+where
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => Err(store_error(ErrorVerb::Write, AnyError::new(&join))),
+    }
+}
