@@ -1,36 +1,18 @@
 //! The `tessera` binary as an operator runs it: `admin init`, `chunkserver
 //! --config`, `admin chunkserver disks`, `/metrics`, SIGTERM.
 
+mod support;
+
+use support::{free_port, KillOnDrop, TESSERA};
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
-
-/// A port free for both UDP and TCP right now.
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 fn tessera(args: &[&str]) -> Output {
     Command::new(TESSERA).args(args).output().expect("run tessera")
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn write_config(dir: &Path, rpc_port: u16, metrics_port: u16) -> std::path::PathBuf {

@@ -2,9 +2,12 @@
 //! appends: after a restart every acknowledged append reads back byte-exact
 //! and appending continues where the chunk now ends.
 
-use std::net::{TcpListener, UdpSocket};
+mod support;
+
+use support::{free_port, KillOnDrop, TESSERA};
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,28 +18,8 @@ use tessera_common::pki::NodeIdentity;
 use tessera_common::rpc::{CallOptions, RpcClient, RpcClientConfig};
 use tokio::sync::Mutex;
 
-const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 const WRITERS: u64 = 8;
 const APPEND_BYTES: usize = 48 * 1024;
-
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn_server(config: &Path) -> KillOnDrop {
     let child = Command::new(TESSERA)
