@@ -6,6 +6,8 @@ pub mod chunk_api;
 pub mod chunk_client;
 pub mod clock;
 pub mod ids;
+pub mod ns_api;
+pub mod ns_client;
 pub mod pki;
 pub mod rpc;
 pub mod signal;

@@ -40,10 +40,10 @@ const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 
 /// What the RPC handlers and [`RaftNode`] share.
 pub struct NodeShared {
-    id: RaftNodeId,
-    raft: Raft,
+    pub(crate) id: RaftNodeId,
+    pub(crate) raft: Raft,
     db: Arc<DB>,
-    client: RpcClient,
+    pub(crate) client: RpcClient,
     propose_timeout: Duration,
     read_timeout: Duration,
     membership_timeout: Duration,
@@ -87,6 +87,8 @@ impl RaftNode {
             membership_timeout: Duration::from_millis(config.raft.membership_timeout_ms),
         });
         let router = service::routes(tessera_common::rpc::Router::new(), raft.clone(), shared.clone());
+        // Extension point: the client-facing API (guards, names, heartbeats).
+        let (router, api_task) = crate::api::routes(router, shared.clone());
         let server_config = RpcServerConfig {
             shutdown_grace: Duration::from_secs(1),
             ..RpcServerConfig::default()
@@ -94,12 +96,13 @@ impl RaftNode {
         let server = match RpcServer::bind(config.listen, identity, router, server_config).await {
             Ok(server) => server,
             Err(e) => {
+                api_task.abort();
                 let _ = raft.shutdown().await;
                 return Err(e.context(format!("listening on {}", config.listen)));
             }
         };
         let advertise = config.advertise.unwrap_or(server.local_addr());
-        let tasks = vec![tokio::spawn(publish_metrics(raft.metrics(), config.node_id))];
+        let tasks = vec![tokio::spawn(publish_metrics(raft.metrics(), config.node_id)), api_task];
         let node = RaftNode {
             shared,
             server,
@@ -167,40 +170,12 @@ impl RaftNode {
 
     /// Proposes `command`; a follower forwards it to the leader.
     pub async fn propose(&self, command: Command) -> Result<Response, ProposeError> {
-        let started = Instant::now();
-        let result = match self.shared.propose_local(command.clone()).await {
-            Err(ProposeError::NotLeader {
-                leader_id: Some(leader),
-                leader_addr: Some(addr),
-            }) if leader != self.shared.id => {
-                let timeout = self.shared.propose_timeout + FORWARD_MARGIN;
-                self.shared
-                    .forward::<Propose, _, _>(leader, &addr, &command, timeout, 0)
-                    .await
-            }
-            other => other,
-        };
-        record("propose", &result, started);
-        result
+        self.shared.propose(command).await
     }
 
     /// Answers `query` linearizably; a follower forwards it to the leader.
     pub async fn read(&self, query: Query) -> Result<QueryResponse, ProposeError> {
-        let started = Instant::now();
-        let result = match self.shared.read_local(query.clone()).await {
-            Err(ProposeError::NotLeader {
-                leader_id: Some(leader),
-                leader_addr: Some(addr),
-            }) if leader != self.shared.id => {
-                let timeout = self.shared.read_timeout + FORWARD_MARGIN;
-                self.shared
-                    .forward::<Read, _, _>(leader, &addr, &query, timeout, 1)
-                    .await
-            }
-            other => other,
-        };
-        record("read", &result, started);
-        result
+        self.shared.read(query).await
     }
 
     /// Answers `query` from this node's applied state without any leadership
@@ -263,6 +238,40 @@ fn write_error(e: RaftError<RaftNodeId, ClientWriteError<RaftNodeId, Member>>) -
 }
 
 impl NodeShared {
+    /// Proposes `command`; a follower forwards it to the leader.
+    pub(crate) async fn propose(&self, command: Command) -> Result<Response, ProposeError> {
+        let started = Instant::now();
+        let result = match self.propose_local(command.clone()).await {
+            Err(ProposeError::NotLeader {
+                leader_id: Some(leader),
+                leader_addr: Some(addr),
+            }) if leader != self.id => {
+                let timeout = self.propose_timeout + FORWARD_MARGIN;
+                self.forward::<Propose, _, _>(leader, &addr, &command, timeout, 0).await
+            }
+            other => other,
+        };
+        record("propose", &result, started);
+        result
+    }
+
+    /// Answers `query` linearizably; a follower forwards it to the leader.
+    pub(crate) async fn read(&self, query: Query) -> Result<QueryResponse, ProposeError> {
+        let started = Instant::now();
+        let result = match self.read_local(query.clone()).await {
+            Err(ProposeError::NotLeader {
+                leader_id: Some(leader),
+                leader_addr: Some(addr),
+            }) if leader != self.id => {
+                let timeout = self.read_timeout + FORWARD_MARGIN;
+                self.forward::<Read, _, _>(leader, &addr, &query, timeout, 1).await
+            }
+            other => other,
+        };
+        record("read", &result, started);
+        result
+    }
+
     /// Proposes on this node only (the handler of forwarded proposals).
     pub(crate) async fn propose_local(&self, command: Command) -> Result<Response, ProposeError> {
         let span = tracing::debug_span!("propose", node = self.id);

@@ -1,0 +1,216 @@
+//! Wire API of the name servers for gateways and object servers (DESIGN §4):
+//! buckets, guard entries, name commits, reads, deletes and the reap check.
+//! Independent of the name servers' internal Raft commands.
+//!
+//! Every method answers `Result<T, NsError>`. [`NsError::NotLeader`] means
+//! the call was not executed (retry at the leader); [`NsError::Unavailable`]
+//! means the outcome is unknown. Guard entries live in the leader's memory
+//! only: `ns.create_guard` and `ns.commit_name` are never forwarded by a
+//! follower, they answer `NotLeader` with the leader's address instead.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::rpc::Method;
+
+/// How a bucket's objects are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum StoragePolicy {
+    /// Erasure coded: `k` data and `m` parity fragments.
+    Ec { k: u8, m: u8 },
+    /// `n` full copies.
+    Replicated { n: u8 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct CreateBucketReq {
+    pub name: String,
+    pub owner: String,
+    pub policy: StoragePolicy,
+}
+
+/// DESIGN §4 step 2: `uid` may become the value of (bucket, key) for `ttl_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct CreateGuardReq {
+    pub bucket: String,
+    pub key: String,
+    pub uid: u128,
+    pub ttl_ms: u64,
+}
+
+/// A condition a commit places on the name's current version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum CommitCondition {
+    #[default]
+    None,
+    /// Create only: fails if a current version exists (S3 If-None-Match: *).
+    IfNoneMatch,
+    /// Fails unless the current version has this etag (S3 If-Match).
+    IfMatch(String),
+}
+
+/// DESIGN §4 step 5: make `uid` the current version of (bucket, key).
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct CommitNameReq {
+    pub bucket: String,
+    pub key: String,
+    pub uid: u128,
+    pub size: u64,
+    pub etag: String,
+    pub content_type: Option<String>,
+    pub user_meta: Vec<(String, String)>,
+    /// The object-server partition of `uid`.
+    pub partition: u32,
+    pub condition: CommitCondition,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct CommitOk {
+    pub version_id: String,
+}
+
+/// Names one object: `ns.get_object`, `ns.delete_name`.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct NameReq {
+    pub bucket: String,
+    pub key: String,
+}
+
+/// The current version of a name.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ObjectInfo {
+    pub uid: u128,
+    pub version_id: String,
+    pub size: u64,
+    pub etag: String,
+    pub content_type: Option<String>,
+    pub user_meta: Vec<(String, String)>,
+    /// The committing leader's wall clock (metadata only).
+    pub mtime_ms: u64,
+    pub partition: u32,
+    /// Part uids of a multipart object, in part order (empty otherwise).
+    pub part_uids: Vec<u128>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct DeleteOk {
+    /// Whether a current version existed.
+    pub existed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ReapReq {
+    pub uid: u128,
+}
+
+/// The answer of `ns.reap` (DESIGN §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum ReapOutcome {
+    /// A name points at the uid: keep the data.
+    Referenced,
+    /// Recorded as reaped: no commit can name it any more; free the data.
+    Free,
+}
+
+/// Typed refusals of the name servers; callers branch on these.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum NsError {
+    /// Not executed: retry at `leader_addr` (when known).
+    #[error("not the leader; leader at {leader_addr:?}")]
+    NotLeader { leader_addr: Option<String> },
+    #[error("no guard entry for this name and uid")]
+    NoGuard,
+    #[error("the guard entry expired")]
+    GuardExpired,
+    #[error("too many guard entries")]
+    TooManyGuards,
+    #[error("the uid was reaped: its data may be freed")]
+    UidReaped,
+    #[error("no such bucket")]
+    NoSuchBucket,
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("invalid object key")]
+    InvalidKey,
+    #[error("bucket already exists")]
+    BucketExists,
+    #[error("invalid bucket name: {0}")]
+    InvalidBucketName(String),
+    #[error("invalid storage policy")]
+    InvalidPolicy,
+    /// No quorum, timeout, or the leader changed mid-call: for a write the
+    /// outcome is UNKNOWN.
+    #[error("unavailable (outcome unknown): {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+macro_rules! method {
+    ($ty:ident, $name:literal, $idem:literal, $req:ty => $resp:ty) => {
+        #[doc = concat!("`", $name, "`")]
+        pub struct $ty;
+        impl Method for $ty {
+            const NAME: &'static str = $name;
+            const IDEMPOTENT: bool = $idem;
+            type Request = $req;
+            type Response = $resp;
+        }
+    };
+}
+
+// A retry after an unknown outcome may answer BucketExists for a bucket
+// the first attempt created: not marked idempotent.
+method!(CreateBucket, "ns.create_bucket", false, CreateBucketReq => Result<(), NsError>);
+// Creating a guard again renews it: idempotent.
+method!(CreateGuard, "ns.create_guard", true, CreateGuardReq => Result<(), NsError>);
+// The first attempt consumes the guard; never retried blindly.
+method!(CommitName, "ns.commit_name", false, CommitNameReq => Result<CommitOk, NsError>);
+method!(GetObject, "ns.get_object", true, NameReq => Result<Option<ObjectInfo>, NsError>);
+// With versioning a delete adds a delete marker: not idempotent.
+method!(DeleteName, "ns.delete_name", false, NameReq => Result<DeleteOk, NsError>);
+// Idempotent: once `Free`, the uid is recorded as reaped and no commit can
+// ever reference it, so every later reap answers `Free` too; a `Referenced`
+// answer followed by `Free` on retry reflects a delete in between, and the
+// caller acts on the latest answer, which is the log's truth at its position.
+method!(Reap, "ns.reap", true, ReapReq => Result<ReapOutcome, NsError>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Wire;
+
+    #[test]
+    fn commit_request_and_errors_round_trip() {
+        let req = CommitNameReq {
+            bucket: "b".into(),
+            key: "k".into(),
+            uid: u128::MAX - 5,
+            size: 42,
+            etag: "\"e\"".into(),
+            content_type: Some("text/plain".into()),
+            user_meta: vec![("a".into(), "1".into())],
+            partition: 3,
+            condition: CommitCondition::IfMatch("x".into()),
+        };
+        let bytes = req.to_wire().expect("encode");
+        assert_eq!(CommitNameReq::from_wire(&bytes).expect("decode"), req);
+        let answer: Result<CommitOk, NsError> = Err(NsError::NotLeader {
+            leader_addr: Some("127.0.0.1:1".into()),
+        });
+        let bytes = answer.to_wire().expect("encode");
+        assert_eq!(Result::<CommitOk, NsError>::from_wire(&bytes).expect("decode"), answer);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(CommitNameReq::from_wire(&[0xff; 7]).is_err());
+        assert!(Result::<Option<ObjectInfo>, NsError>::from_wire(&[]).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! The client-facing name-server API on 3 nodes over loopback (QUIC +
+//! mTLS), through `NameServerClient`: buckets, guard entries and commits
+//! (DESIGN §4), conditional commits, reap ordering, leader loss between
+//! guard and commit, and chunk-server heartbeats in the cluster map.
+//! Tests run one at a time (a shared lock): the box has 2 cores.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_common::chunk_api::{self, ChunkServerHeartbeat, DiskStatus};
+use tessera_common::ids::NodeId;
+use tessera_common::ns_api::{CommitCondition, CommitNameReq, NsError, ReapOutcome, StoragePolicy};
+use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
+use tessera_common::pki::{init_cluster, NodeIdentity};
+use tessera_common::rpc::{self, CallOptions, RpcClient, RpcClientConfig};
+use tessera_nameserver::config::{NameServerConfig, RaftTuning};
+use tessera_nameserver::namespace::{NodeRole, Query, QueryResponse};
+use tessera_nameserver::raft::RaftNode;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(20);
+const TTL: Duration = Duration::from_secs(30);
+const BUCKET: &str = "photos";
+
+fn tuning() -> RaftTuning {
+    RaftTuning {
+        heartbeat_interval_ms: 100,
+        election_timeout_min_ms: 800,
+        election_timeout_max_ms: 1_600,
+        propose_timeout_ms: 5_000,
+        read_timeout_ms: 5_000,
+        ..RaftTuning::default()
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    certs: PathBuf,
+    nodes: BTreeMap<u64, RaftNode>,
+    addrs: BTreeMap<u64, SocketAddr>,
+}
+
+impl Cluster {
+    /// Starts 3 nodes, bootstraps them and waits for a leader.
+    async fn three() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        init_cluster(&certs, &["ns1", "ns2", "ns3", "client"].map(String::from)).expect("certs");
+        let mut nodes = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        for id in 1..=3u64 {
+            let config = NameServerConfig {
+                node_id: id,
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                advertise: None,
+                data_dir: dir.path().join(format!("ns{id}")),
+                certs_dir: certs.clone(),
+                identity: format!("ns{id}"),
+                metrics_listen: None,
+                raft: tuning(),
+                bootstrap: Vec::new(),
+            };
+            let node = RaftNode::start(config).await.expect("start node");
+            addrs.insert(id, node.addr());
+            nodes.insert(id, node);
+        }
+        let members = addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
+        nodes[&1].bootstrap(members).await.expect("bootstrap");
+        let cluster = Cluster {
+            _dir: dir,
+            certs,
+            nodes,
+            addrs,
+        };
+        cluster.leader().await;
+        cluster
+    }
+
+    /// A leader every running node follows.
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<Option<u64>> = self
+                .nodes
+                .values()
+                .map(|n| n.metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(l)) = leaders.first() {
+                if self.nodes.contains_key(l) && leaders.iter().all(|x| x == &Some(*l)) {
+                    return *l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader agreed within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn rpc_client(&self) -> RpcClient {
+        let identity = NodeIdentity::load(&self.certs, "client").expect("client identity");
+        RpcClient::new(identity, RpcClientConfig::default()).expect("client")
+    }
+
+    /// A client whose first address is `first`, then the others.
+    fn client(&self, first: u64) -> NameServerClient<RpcClient> {
+        let mut addrs = vec![self.addrs[&first]];
+        addrs.extend(self.addrs.iter().filter(|(id, _)| **id != first).map(|(_, a)| *a));
+        let config = NsClientConfig {
+            timeout: Duration::from_secs(3),
+            ..NsClientConfig::default()
+        };
+        NameServerClient::new(self.rpc_client(), addrs, config)
+    }
+
+    async fn stop_all(mut self) {
+        for (_, node) in std::mem::take(&mut self.nodes) {
+            node.shutdown().await;
+        }
+    }
+}
+
+fn commit(key: &str, uid: u128, condition: CommitCondition) -> CommitNameReq {
+    CommitNameReq {
+        bucket: BUCKET.into(),
+        key: key.into(),
+        uid,
+        size: 11,
+        etag: format!("etag-{uid}"),
+        content_type: Some("image/jpeg".into()),
+        user_meta: vec![("camera".into(), "x100".into())],
+        partition: 5,
+        condition,
+    }
+}
+
+fn refused(result: Result<impl std::fmt::Debug, NsCallError>) -> NsError {
+    match result {
+        Err(NsCallError::Ns(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_commits_conditions_reap_and_heartbeats() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::three().await;
+    let leader = cluster.leader().await;
+    let follower = *cluster.addrs.keys().find(|id| **id != leader).expect("follower");
+    let client = cluster.client(follower);
+
+    client
+        .create_bucket(BUCKET, "alice", StoragePolicy::Ec { k: 4, m: 2 })
+        .await
+        .expect("create bucket via a follower");
+    assert_eq!(
+        refused(
+            client
+                .create_bucket(BUCKET, "bob", StoragePolicy::Replicated { n: 3 })
+                .await
+        ),
+        NsError::BucketExists
+    );
+
+    // Guard at the leader (found through the follower's hint), commit by a
+    // fresh client that first talks to the follower.
+    client.create_guard(BUCKET, "a.jpg", 1, TTL).await.expect("guard");
+    let fresh = cluster.client(follower);
+    let ok = fresh
+        .commit_name(&commit("a.jpg", 1, CommitCondition::None))
+        .await
+        .expect("commit");
+    let info = client
+        .get_object(BUCKET, "a.jpg")
+        .await
+        .expect("get")
+        .expect("the name exists");
+    assert_eq!((info.uid, info.size, info.partition), (1, 11, 5));
+    assert_eq!(info.version_id, ok.version_id);
+    assert_eq!(info.user_meta, vec![("camera".to_string(), "x100".to_string())]);
+
+    // No guard; an expired guard leaves no name.
+    assert_eq!(
+        refused(client.commit_name(&commit("b.jpg", 2, CommitCondition::None)).await),
+        NsError::NoGuard
+    );
+    client
+        .create_guard(BUCKET, "b.jpg", 2, Duration::from_millis(300))
+        .await
+        .expect("guard");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        refused(client.commit_name(&commit("b.jpg", 2, CommitCondition::None)).await),
+        NsError::GuardExpired
+    );
+    assert_eq!(client.get_object(BUCKET, "b.jpg").await.expect("get"), None);
+
+    // If-None-Match: the second create of a name fails.
+    client.create_guard(BUCKET, "a.jpg", 3, TTL).await.expect("guard");
+    assert_eq!(
+        refused(
+            client
+                .commit_name(&commit("a.jpg", 3, CommitCondition::IfNoneMatch))
+                .await
+        ),
+        NsError::PreconditionFailed
+    );
+    assert_eq!(
+        client.get_object(BUCKET, "a.jpg").await.expect("get").map(|i| i.uid),
+        Some(1)
+    );
+
+    // DESIGN §4 ordering: a reaped uid can never be committed.
+    assert_eq!(client.reap(1).await.expect("reap"), ReapOutcome::Referenced);
+    client.create_guard(BUCKET, "c.jpg", 4, TTL).await.expect("guard");
+    assert_eq!(client.reap(4).await.expect("reap"), ReapOutcome::Free);
+    assert_eq!(
+        refused(client.commit_name(&commit("c.jpg", 4, CommitCondition::None)).await),
+        NsError::UidReaped
+    );
+    assert_eq!(client.get_object(BUCKET, "c.jpg").await.expect("get"), None);
+    assert!(client.delete_name(BUCKET, "a.jpg").await.expect("delete").existed);
+    assert_eq!(client.get_object(BUCKET, "a.jpg").await.expect("get"), None);
+
+    // A chunk-server heartbeat sent to a follower lands in the cluster map.
+    heartbeat_reaches_the_cluster_map(&cluster, follower).await;
+    cluster.stop_all().await;
+}
+
+async fn heartbeat_reaches_the_cluster_map(cluster: &Cluster, via: u64) {
+    let disk = |capacity, used, healthy| DiskStatus {
+        path: "/data".into(),
+        capacity_bytes: capacity,
+        used_bytes: used,
+        chunks: 1,
+        healthy,
+        corrupt_blocks: 0,
+    };
+    let hb = ChunkServerHeartbeat {
+        node: NodeId(42),
+        rpc_addr: "127.0.0.1:7100".into(),
+        zone: "z1".into(),
+        disks: vec![disk(1_000, 100, true), disk(2_000, 300, true)],
+        corrupt_chunks: Vec::new(),
+    };
+    let transport = cluster.rpc_client();
+    let opts = CallOptions::default();
+    let (ack, _) = rpc::call::<chunk_api::Heartbeat, _>(&transport, cluster.addrs[&via], &hb, Bytes::new(), &opts)
+        .await
+        .expect("heartbeat");
+    assert!(ack.interval_ms > 0);
+    let answer = cluster.nodes[&via].read(Query::ListNodes).await.expect("list nodes");
+    let QueryResponse::Nodes(nodes) = answer else {
+        panic!("unexpected answer {answer:?}");
+    };
+    let node = nodes.iter().find(|n| n.node_id == 42).expect("chunk server registered");
+    assert_eq!(node.role, NodeRole::ChunkServer);
+    assert_eq!((node.capacity_bytes, node.used_bytes, node.healthy), (3_000, 400, true));
+    assert_eq!(node.addr, "127.0.0.1:7100");
+    transport.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_lost_with_its_leader_fails_the_commit_cleanly() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::three().await;
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader);
+    client
+        .create_bucket(BUCKET, "alice", StoragePolicy::Replicated { n: 3 })
+        .await
+        .expect("create bucket");
+    client.create_guard(BUCKET, "k", 9, TTL).await.expect("guard");
+
+    let old = cluster.nodes.remove(&leader).expect("leader running");
+    old.shutdown().await;
+    let result = client.commit_name(&commit("k", 9, CommitCondition::None)).await;
+    let committed = match &result {
+        Ok(_) => true,
+        Err(NsCallError::Ns(NsError::NoGuard))
+        | Err(NsCallError::Ns(NsError::NotLeader { .. }))
+        | Err(NsCallError::NoLeader { .. })
+        | Err(NsCallError::OutcomeUnknown(_)) => false,
+        Err(e) => panic!("unexpected failure {e:?}"),
+    };
+    eprintln!("commit after the leader stopped: {result:?}");
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let named = client.get_object(BUCKET, "k").await.expect("get").map(|i| i.uid);
+    if committed {
+        assert_eq!(named, Some(9));
+    } else if !matches!(result, Err(NsCallError::OutcomeUnknown(_))) {
+        assert_eq!(named, None, "a failed commit left a name: {result:?}");
+    }
+    cluster.stop_all().await;
+}
