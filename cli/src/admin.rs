@@ -1,4 +1,5 @@
-//! `tessera admin ...`: cluster PKI and inspection of running nodes.
+//! `tessera admin ...`: cluster PKI, inspection of running nodes and the
+//! name servers' Raft membership.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use tessera_common::chunk_client::ChunkServerClient;
+use tessera_common::ns_api::{Member, MembersInfo};
+use tessera_common::ns_client::{NameServerClient, NsClientConfig};
 use tessera_common::pki::{self, NodeIdentity};
 use tessera_common::rpc::{CallOptions, RpcClient, RpcClientConfig};
 
@@ -42,6 +45,42 @@ pub enum AdminCommand {
         identity: String,
         #[command(subcommand)]
         what: ChunkserverQuery,
+    },
+    /// Manage the name servers' Raft membership (served by the leader).
+    Ns {
+        /// Name-server RPC addresses, comma separated; the leader is found.
+        #[arg(long, value_delimiter = ',', required = true)]
+        servers: Vec<SocketAddr>,
+        /// Cluster certificates directory and the identity to call with.
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long, default_value = "admin")]
+        identity: String,
+        #[command(subcommand)]
+        action: NsAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NsAction {
+    /// Leader, term, voters and learners (one JSON object).
+    List,
+    /// Add a name server as a learner, wait until it caught up, promote it.
+    Add {
+        /// Its Raft node id.
+        #[arg(long)]
+        id: u64,
+        /// Its RPC address.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Leave it a learner.
+        #[arg(long)]
+        no_promote: bool,
+    },
+    /// Remove a name server from the group (never the last voter).
+    Remove {
+        #[arg(long)]
+        id: u64,
     },
 }
 
@@ -93,7 +132,65 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             let client = ChunkServerClient::new(transport, addr, options);
             query_chunkserver(&client, what).await
         }
+        AdminCommand::Ns {
+            servers,
+            certs,
+            identity,
+            action,
+        } => {
+            let identity = NodeIdentity::load(&certs, &identity)
+                .with_context(|| format!("loading identity {identity:?} from {}", certs.display()))?;
+            let transport = RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")?;
+            let config = NsClientConfig {
+                // Adding a learner waits until it caught up.
+                timeout: Duration::from_secs(90),
+                ..NsClientConfig::default()
+            };
+            ns_action(&NameServerClient::new(transport, servers, config), action).await
+        }
     }
+}
+
+async fn ns_action(client: &NameServerClient<RpcClient>, action: NsAction) -> anyhow::Result<()> {
+    match action {
+        NsAction::List => {
+            let info = client.members().await.context("listing name-server members")?;
+            println!("{}", members_json(&info));
+        }
+        NsAction::Add { id, addr, no_promote } => {
+            let promote = !no_promote;
+            client
+                .add_member(id, &addr.to_string(), promote)
+                .await
+                .with_context(|| format!("adding name server {id} at {addr}"))?;
+            let role = if promote { "voter" } else { "learner" };
+            println!(
+                "{}",
+                serde_json::json!({ "added": id, "addr": addr.to_string(), "role": role })
+            );
+        }
+        NsAction::Remove { id } => {
+            client
+                .remove_member(id)
+                .await
+                .with_context(|| format!("removing name server {id}"))?;
+            println!("{}", serde_json::json!({ "removed": id }));
+        }
+    }
+    Ok(())
+}
+
+fn members_json(info: &MembersInfo) -> serde_json::Value {
+    let list = |members: &[Member]| -> Vec<serde_json::Value> {
+        members
+            .iter()
+            .map(|m| serde_json::json!({ "id": m.id, "addr": m.addr, "matched": m.matched }))
+            .collect()
+    };
+    serde_json::json!({
+        "leader": info.leader, "term": info.term, "last_log": info.last_log, "applied": info.applied,
+        "voters": list(&info.voters), "learners": list(&info.learners),
+    })
 }
 
 async fn query_chunkserver(client: &ChunkServerClient<RpcClient>, what: ChunkserverQuery) -> anyhow::Result<()> {

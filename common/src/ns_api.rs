@@ -150,6 +150,56 @@ pub enum NsError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Raft refused the membership change (e.g. one already in progress,
+    /// the node is not a member, or already a voter).
+    #[error("membership change rejected: {0}")]
+    MembershipRejected(String),
+    /// Removing the only voter would leave the group without a quorum.
+    #[error("refusing to remove the last voter")]
+    LastVoter,
+}
+
+/// One member of the name servers' Raft group.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    /// Highest log index the leader knows this member has (the leader's
+    /// own last log index for the leader); `None` if unknown.
+    pub matched: Option<u64>,
+}
+
+/// The answer of `ns.admin_members`, as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct MembersInfo {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<Member>,
+    pub learners: Vec<Member>,
+    /// The leader's last log index and last applied index.
+    pub last_log: Option<u64>,
+    pub applied: Option<u64>,
+}
+
+/// `ns.admin_members` takes no arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct MembersReq;
+
+/// Adds node `id` at `addr` as a learner, waits until it has caught up,
+/// then, if `promote`, makes it a voter.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct AddMemberReq {
+    pub id: u64,
+    pub addr: String,
+    pub promote: bool,
+}
+
+/// Removes voter or learner `id` from the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RemoveMemberReq {
+    pub id: u64,
 }
 
 macro_rules! method {
@@ -180,6 +230,12 @@ method!(DeleteName, "ns.delete_name", false, NameReq => Result<DeleteOk, NsError
 // answer followed by `Free` on retry reflects a delete in between, and the
 // caller acts on the latest answer, which is the log's truth at its position.
 method!(Reap, "ns.reap", true, ReapReq => Result<ReapOutcome, NsError>);
+// Admin (served by the leader only): membership of the Raft group.
+method!(AdminMembers, "ns.admin_members", true, MembersReq => Result<MembersInfo, NsError>);
+// A retry after a promotion may answer MembershipRejected (already a voter).
+method!(AdminAdd, "ns.admin_add", false, AddMemberReq => Result<(), NsError>);
+// A retry after a removal answers MembershipRejected (not a member).
+method!(AdminRemove, "ns.admin_remove", false, RemoveMemberReq => Result<(), NsError>);
 
 #[cfg(test)]
 mod tests {
@@ -206,6 +262,33 @@ mod tests {
         });
         let bytes = answer.to_wire().expect("encode");
         assert_eq!(Result::<CommitOk, NsError>::from_wire(&bytes).expect("decode"), answer);
+    }
+
+    #[test]
+    fn membership_answers_round_trip() {
+        let member = |id| Member {
+            id,
+            addr: format!("127.0.0.1:{id}"),
+            matched: Some(7),
+        };
+        let answer: Result<MembersInfo, NsError> = Ok(MembersInfo {
+            leader: Some(1),
+            term: 3,
+            voters: vec![member(1), member(2)],
+            learners: vec![member(4)],
+            last_log: Some(7),
+            applied: None,
+        });
+        let bytes = answer.to_wire().expect("encode");
+        assert_eq!(
+            Result::<MembersInfo, NsError>::from_wire(&bytes).expect("decode"),
+            answer
+        );
+        for refusal in [NsError::LastVoter, NsError::MembershipRejected("in progress".into())] {
+            let answer: Result<(), NsError> = Err(refusal);
+            let bytes = answer.to_wire().expect("encode");
+            assert_eq!(Result::<(), NsError>::from_wire(&bytes).expect("decode"), answer);
+        }
     }
 
     #[test]

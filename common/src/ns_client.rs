@@ -18,8 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::ns_api::{
-    self, CommitNameReq, CommitOk, CreateBucketReq, CreateGuardReq, DeleteOk, NameReq, NsError, ObjectInfo,
-    ReapOutcome, ReapReq, StoragePolicy,
+    self, AddMemberReq, CommitNameReq, CommitOk, CreateBucketReq, CreateGuardReq, DeleteOk, MembersInfo, MembersReq,
+    NameReq, NsError, ObjectInfo, ReapOutcome, ReapReq, RemoveMemberReq, StoragePolicy,
 };
 use crate::rpc::{self, CallOptions, Method, RpcError, Transport};
 
@@ -134,6 +134,27 @@ impl<T: Transport> NameServerClient<T> {
 
     pub async fn reap(&self, uid: u128) -> Result<ReapOutcome, NsCallError> {
         self.call::<ns_api::Reap, ReapOutcome>(&ReapReq { uid }).await
+    }
+
+    /// The Raft group's members as the leader sees them.
+    pub async fn members(&self) -> Result<MembersInfo, NsCallError> {
+        self.call::<ns_api::AdminMembers, MembersInfo>(&MembersReq).await
+    }
+
+    /// Adds name server `id` at `addr` as a learner, waits until it caught
+    /// up, then makes it a voter if `promote`.
+    pub async fn add_member(&self, id: u64, addr: &str, promote: bool) -> Result<(), NsCallError> {
+        let req = AddMemberReq {
+            id,
+            addr: addr.to_string(),
+            promote,
+        };
+        self.call::<ns_api::AdminAdd, ()>(&req).await
+    }
+
+    /// Removes name server `id` from the group; the last voter is refused.
+    pub async fn remove_member(&self, id: u64) -> Result<(), NsCallError> {
+        self.call::<ns_api::AdminRemove, ()>(&RemoveMemberReq { id }).await
     }
 
     /// Sends `M` to the leader, following hints and retrying as the module
@@ -393,6 +414,27 @@ mod tests {
         assert!(matches!(
             c.commit_name(&commit_req()).await,
             Err(NsCallError::Ns(NsError::NoGuard))
+        ));
+    }
+
+    #[tokio::test]
+    async fn membership_changes_are_never_retried_blindly() {
+        let (c, t) = client(vec![reply(Result::<(), NsError>::Err(NsError::Unavailable(
+            "timeout".into(),
+        )))]);
+        let result = c.add_member(4, "127.0.0.1:4", true).await;
+        assert!(matches!(result, Err(NsCallError::OutcomeUnknown(_))), "{result:?}");
+        assert_eq!(t.calls.load(Ordering::SeqCst), 1);
+
+        let (c, _) = client(vec![
+            reply(Result::<(), NsError>::Err(NsError::NotLeader {
+                leader_addr: Some("127.0.0.1:9".into()),
+            })),
+            reply(Result::<(), NsError>::Err(NsError::LastVoter)),
+        ]);
+        assert!(matches!(
+            c.remove_member(1).await,
+            Err(NsCallError::Ns(NsError::LastVoter))
         ));
     }
 

@@ -122,6 +122,7 @@ pub fn routes(router: Router, node: Arc<NodeShared>) -> (Router, JoinHandle<()>)
     let router = route!(router, api, ns_api::Reap, reap);
     let router = route!(router, api, chunk_api::Heartbeat, heartbeat);
     let router = route!(router, api, ForwardedHeartbeat, forwarded_heartbeat);
+    let router = crate::admin_api::routes(router, api.node.clone());
     (router, task)
 }
 

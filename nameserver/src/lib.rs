@@ -2,6 +2,7 @@
 //! guard entries, the cluster map, buckets, keys and volumes, replicated by
 //! one openraft group whose log and state machine live in RocksDB.
 
+pub mod admin_api;
 pub mod api;
 pub mod config;
 pub mod guards;
