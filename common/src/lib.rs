@@ -12,4 +12,5 @@ pub mod pki;
 pub mod rpc;
 pub mod signal;
 pub mod telemetry;
+pub mod testing;
 pub mod wire;

@@ -87,7 +87,7 @@ impl Cluster {
             .addrs
             .get(&id)
             .copied()
-            .unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr"));
+            .unwrap_or_else(tessera_common::testing::stable_loopback_addr);
         let config = NameServerConfig {
             node_id: id,
             listen,

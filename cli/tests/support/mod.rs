@@ -1,19 +1,13 @@
 //! Helpers shared by the tests that run the `tessera` binary.
 
-use std::net::{TcpListener, UdpSocket};
 use std::process::Child;
 
 pub const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 
-/// A port free for both UDP (QUIC) and TCP (data channel) right now.
+/// A port free for both UDP (QUIC) and TCP (data channel), outside the
+/// ephemeral range so a restarted server finds it still free.
 pub fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    tessera_common::testing::stable_loopback_addr().port()
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped, so a failing

@@ -1,0 +1,22 @@
+//! Helpers for tests that run real nodes on loopback.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+
+/// Ports below the kernel's ephemeral range (32768-60999 by default).
+const STABLE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback address whose port is free for UDP (QUIC) and TCP (data
+/// channel) now and lies outside the ephemeral range, so a node restarted on
+/// it cannot find it taken by some client's ephemeral socket (which a port
+/// first chosen with `:0` can be).
+pub fn stable_loopback_addr() -> SocketAddr {
+    for _ in 0..1_000 {
+        let port = STABLE_PORTS.start + rand::random::<u16>() % (STABLE_PORTS.end - STABLE_PORTS.start);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let free = UdpSocket::bind(addr).is_ok() && TcpListener::bind(addr).is_ok();
+        if free {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {STABLE_PORTS:?} after 1000 tries");
+}
