@@ -5,7 +5,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{ChunkId, Epoch, NodeId};
-use crate::rpc::Method;
+use crate::rpc::rpc_method;
 
 /// What a chunk server knows of one chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -158,28 +158,15 @@ pub struct HeartbeatAck {
     pub interval_ms: u64,
 }
 
-macro_rules! method {
-    ($ty:ident, $name:literal, $idem:literal, $req:ty => $resp:ty) => {
-        #[doc = concat!("`", $name, "`")]
-        pub struct $ty;
-        impl Method for $ty {
-            const NAME: &'static str = $name;
-            const IDEMPOTENT: bool = $idem;
-            type Request = $req;
-            type Response = $resp;
-        }
-    };
-}
-
-method!(Create, "chunk.create", false, CreateReq => Result<ChunkInfo, ChunkError>);
+rpc_method!(Create, "chunk.create", false, CreateReq => Result<ChunkInfo, ChunkError>);
 // Appends are idempotent by construction: a retry at the same offset with
 // the same bytes succeeds without writing twice.
-method!(Append, "chunk.append", true, AppendReq => Result<ChunkInfo, ChunkError>);
-method!(Read, "chunk.read", true, ReadReq => Result<ReadOk, ChunkError>);
-method!(Seal, "chunk.seal", true, SealReq => Result<ChunkInfo, ChunkError>);
-method!(Fence, "chunk.fence", true, FenceReq => Result<ChunkInfo, ChunkError>);
-method!(Stat, "chunk.stat", true, ChunkReq => Result<ChunkInfo, ChunkError>);
-method!(Delete, "chunk.delete", true, ChunkReq => Result<(), ChunkError>);
-method!(List, "chunk.list", true, Empty => Vec<ChunkInfo>);
-method!(Disks, "chunk.disks", true, Empty => Vec<DiskStatus>);
-method!(Heartbeat, "ns.chunkserver_heartbeat", true, ChunkServerHeartbeat => HeartbeatAck);
+rpc_method!(Append, "chunk.append", true, AppendReq => Result<ChunkInfo, ChunkError>);
+rpc_method!(Read, "chunk.read", true, ReadReq => Result<ReadOk, ChunkError>);
+rpc_method!(Seal, "chunk.seal", true, SealReq => Result<ChunkInfo, ChunkError>);
+rpc_method!(Fence, "chunk.fence", true, FenceReq => Result<ChunkInfo, ChunkError>);
+rpc_method!(Stat, "chunk.stat", true, ChunkReq => Result<ChunkInfo, ChunkError>);
+rpc_method!(Delete, "chunk.delete", true, ChunkReq => Result<(), ChunkError>);
+rpc_method!(List, "chunk.list", true, Empty => Vec<ChunkInfo>);
+rpc_method!(Disks, "chunk.disks", true, Empty => Vec<DiskStatus>);
+rpc_method!(Heartbeat, "ns.chunkserver_heartbeat", true, ChunkServerHeartbeat => HeartbeatAck);

