@@ -81,6 +81,21 @@ pub struct RaftTuning {
     pub membership_timeout_ms: u64,
 }
 
+impl RaftTuning {
+    /// Tight timings for a cluster on one machine's loopback (tests, a
+    /// laptop): fast elections, bounded client waits.
+    pub fn loopback() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1_600,
+            propose_timeout_ms: 5_000,
+            read_timeout_ms: 5_000,
+            ..RaftTuning::default()
+        }
+    }
+}
+
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {

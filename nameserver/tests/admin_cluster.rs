@@ -23,17 +23,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(20);
 const BUCKET: &str = "photos";
 
-fn tuning() -> RaftTuning {
-    RaftTuning {
-        heartbeat_interval_ms: 100,
-        election_timeout_min_ms: 800,
-        election_timeout_max_ms: 1_600,
-        propose_timeout_ms: 5_000,
-        read_timeout_ms: 5_000,
-        ..RaftTuning::default()
-    }
-}
-
 fn config(dir: &Path, certs: &Path, id: u64) -> NameServerConfig {
     NameServerConfig {
         node_id: id,
@@ -43,7 +32,7 @@ fn config(dir: &Path, certs: &Path, id: u64) -> NameServerConfig {
         certs_dir: certs.to_path_buf(),
         identity: format!("ns{id}"),
         metrics_listen: None,
-        raft: tuning(),
+        raft: RaftTuning::loopback(),
         bootstrap: Vec::new(),
     }
 }

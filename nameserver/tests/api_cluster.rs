@@ -26,17 +26,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const TTL: Duration = Duration::from_secs(30);
 const BUCKET: &str = "photos";
 
-fn tuning() -> RaftTuning {
-    RaftTuning {
-        heartbeat_interval_ms: 100,
-        election_timeout_min_ms: 800,
-        election_timeout_max_ms: 1_600,
-        propose_timeout_ms: 5_000,
-        read_timeout_ms: 5_000,
-        ..RaftTuning::default()
-    }
-}
-
 struct Cluster {
     _dir: tempfile::TempDir,
     certs: PathBuf,
@@ -61,7 +50,7 @@ impl Cluster {
                 certs_dir: certs.clone(),
                 identity: format!("ns{id}"),
                 metrics_listen: None,
-                raft: tuning(),
+                raft: RaftTuning::loopback(),
                 bootstrap: Vec::new(),
             };
             let node = RaftNode::start(config).await.expect("start node");

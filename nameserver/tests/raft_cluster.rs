@@ -21,17 +21,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn tuning() -> RaftTuning {
-    RaftTuning {
-        heartbeat_interval_ms: 100,
-        election_timeout_min_ms: 800,
-        election_timeout_max_ms: 1_600,
-        propose_timeout_ms: 5_000,
-        read_timeout_ms: 5_000,
-        ..RaftTuning::default()
-    }
-}
-
 fn bucket(name: &str) -> Command {
     Command::CreateBucket {
         name: name.to_string(),
@@ -281,7 +270,7 @@ async fn write_loop(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_replicates_forwards_and_reads_linearizably_everywhere() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::three(tuning()).await;
+    let mut cluster = Cluster::three(RaftTuning::loopback()).await;
     let leader = cluster.leader().await;
     let follower = cluster.follower(leader);
     let via_leader = names("lead", 0..10);
@@ -310,7 +299,7 @@ async fn raft_replicates_forwards_and_reads_linearizably_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_acknowledged_writes_survive_leader_kill() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::three(tuning()).await;
+    let mut cluster = Cluster::three(RaftTuning::loopback()).await;
     let old_leader = cluster.leader().await;
     let writer = Writer::spawn(&cluster, "kill");
     wait_for_acks(&writer, 20).await;
@@ -350,7 +339,7 @@ async fn wait_for_acks(writer: &Writer, count: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_restarted_follower_catches_up_from_its_disk() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::three(tuning()).await;
+    let mut cluster = Cluster::three(RaftTuning::loopback()).await;
     let leader = cluster.leader().await;
     let follower = cluster.follower(leader);
     let before = names("before", 0..10);
@@ -372,7 +361,7 @@ async fn raft_lagging_follower_and_new_learner_get_a_snapshot() {
     let tuning = RaftTuning {
         snapshot_logs_since_last: 20,
         max_in_snapshot_log_to_keep: 0,
-        ..tuning()
+        ..RaftTuning::loopback()
     };
     let mut cluster = Cluster::three(tuning).await;
     let leader = cluster.leader().await;
@@ -428,7 +417,7 @@ async fn raft_lagging_follower_and_new_learner_get_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_membership_changes_while_a_client_writes() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::three(tuning()).await;
+    let mut cluster = Cluster::three(RaftTuning::loopback()).await;
     let writer = Writer::spawn(&cluster, "member");
     wait_for_acks(&writer, 10).await;
     cluster.start(4).await;
@@ -460,7 +449,7 @@ async fn raft_membership_changes_while_a_client_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_vote_and_log_survive_a_full_restart() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::three(tuning()).await;
+    let mut cluster = Cluster::three(RaftTuning::loopback()).await;
     let leader = cluster.leader().await;
     let first = names("first", 0..20);
     cluster.create_all(leader, &first).await;
@@ -508,7 +497,7 @@ async fn raft_errors_distinguish_no_leader_from_no_quorum() {
     let tuning = RaftTuning {
         propose_timeout_ms: 1_000,
         read_timeout_ms: 1_000,
-        ..tuning()
+        ..RaftTuning::loopback()
     };
     let mut cluster = Cluster::new(tuning);
     for id in 1..=3 {
