@@ -15,6 +15,7 @@ use tessera_common::chunk_client::{ChunkCallError, ChunkServerClient};
 use tessera_common::ids::{ChunkId, Epoch, NodeId};
 use tessera_common::pki::{self, NodeIdentity};
 use tessera_common::rpc::{CallOptions, RequestCtx, Router, RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use tessera_common::testing::pattern;
 
 fn config_toml(certs: &Path, disk: &Path, name_servers: &[SocketAddr]) -> String {
     let ns: Vec<String> = name_servers.iter().map(|a| format!("\"{a}\"")).collect();
@@ -67,19 +68,6 @@ fn client(c: &Cluster, addr: SocketAddr) -> ChunkServerClient<RpcClient> {
 async fn start(c: &Cluster, name_servers: &[SocketAddr]) -> ChunkServer {
     let config = ChunkServerConfig::parse(&config_toml(&c.certs, &c.disk, name_servers)).expect("config");
     ChunkServer::start(config).await.expect("start chunk server")
-}
-
-fn pattern(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 #[tokio::test]

@@ -46,6 +46,19 @@ pub enum AdminCommand {
         #[command(subcommand)]
         what: ChunkserverQuery,
     },
+    /// Every node's liveness and every object-server partition (JSON).
+    Status {
+        /// Name-server RPC addresses, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        servers: Vec<SocketAddr>,
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long, default_value = "admin")]
+        identity: String,
+        /// The cluster's object-server partition count.
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+    },
     /// Manage the name servers' Raft membership (served by the leader).
     Ns {
         /// Name-server RPC addresses, comma separated; the leader is found.
@@ -131,6 +144,18 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             };
             let client = ChunkServerClient::new(transport, addr, options);
             query_chunkserver(&client, what).await
+        }
+        AdminCommand::Status {
+            servers,
+            certs,
+            identity,
+            partitions,
+        } => {
+            let identity = NodeIdentity::load(&certs, &identity)
+                .with_context(|| format!("loading identity {identity:?} from {}", certs.display()))?;
+            let transport = RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")?;
+            let ns = NameServerClient::new(transport.clone(), servers, NsClientConfig::default());
+            crate::status::status(&ns, transport, partitions).await
         }
         AdminCommand::Ns {
             servers,

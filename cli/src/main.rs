@@ -2,6 +2,9 @@
 //! parses arguments and calls into the role crates.
 
 mod admin;
+mod bench;
+mod local_cluster;
+mod status;
 
 use std::path::PathBuf;
 
@@ -28,6 +31,17 @@ enum Command {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Run an object server (replicas of its partitions, the data log).
+    Objserver {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Measure a subsystem on a whole cluster in this process.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
     /// Cluster administration.
     Admin {
@@ -69,6 +83,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("running the name server")
         }
+        Command::Objserver { config } => {
+            let config = tessera_objserver::config::ObjServerConfig::load(&config)?;
+            tessera_objserver::node::run(config)
+                .await
+                .context("running the object server")
+        }
+        Command::Bench { command } => bench::run(command).await,
         Command::Admin { command } => admin::run(command).await,
     }
 }

@@ -31,16 +31,7 @@ fn spawn_server(config: &Path) -> KillOnDrop {
 }
 
 fn payload(writer: u64, n: u64) -> Bytes {
-    let mut x = (writer << 32 | n).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..APPEND_BYTES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    tessera_common::testing::pattern(writer << 32 | n, APPEND_BYTES)
 }
 
 async fn wait_until_serving(client: &ChunkServerClient<RpcClient>) {

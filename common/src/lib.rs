@@ -8,6 +8,8 @@ pub mod clock;
 pub mod ids;
 pub mod ns_api;
 pub mod ns_client;
+pub mod os_api;
+pub mod os_client;
 pub mod pki;
 pub mod rpc;
 pub mod signal;

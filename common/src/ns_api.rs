@@ -202,6 +202,61 @@ pub struct RemoveMemberReq {
     pub id: u64,
 }
 
+/// A node's role in the cluster map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum NodeRole {
+    NameServer,
+    ObjectServer,
+    ChunkServer,
+    Gateway,
+}
+
+/// One node of the cluster map, with liveness as the leader judges it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct NodeInfo {
+    pub id: u64,
+    pub role: NodeRole,
+    pub addr: String,
+    pub zone: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub healthy: bool,
+    /// Time since the last heartbeat on the leader's clock.
+    pub heartbeat_age_ms: u64,
+    /// Heard from within the leader's liveness timeout.
+    pub alive: bool,
+}
+
+/// An object server announcing itself to the cluster map.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ObjServerHeartbeat {
+    pub node: u64,
+    /// Address other nodes reach its RPC on.
+    pub rpc_addr: String,
+    pub zone: String,
+}
+
+/// `ns.cluster_map` takes no arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ClusterMapReq;
+
+/// The replicas of one object-server partition.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct PartitionReplicas {
+    pub partition: u32,
+    pub nodes: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ClusterMap {
+    pub nodes: Vec<NodeInfo>,
+    pub partitions: Vec<PartitionReplicas>,
+}
+
 // A retry after an unknown outcome may answer BucketExists for a bucket
 // the first attempt created: not marked idempotent.
 rpc_method!(CreateBucket, "ns.create_bucket", false, CreateBucketReq => Result<(), NsError>);
@@ -217,6 +272,11 @@ rpc_method!(DeleteName, "ns.delete_name", false, NameReq => Result<DeleteOk, NsE
 // answer followed by `Free` on retry reflects a delete in between, and the
 // caller acts on the latest answer, which is the log's truth at its position.
 rpc_method!(Reap, "ns.reap", true, ReapReq => Result<ReapOutcome, NsError>);
+// Recorded by the leader (a follower forwards it); a lost one is repaired
+// by the next.
+rpc_method!(ObjServerBeat, "ns.objserver_heartbeat", true, ObjServerHeartbeat => Result<(), NsError>);
+// A linearizable read of the cluster map, liveness judged by the leader.
+rpc_method!(GetClusterMap, "ns.cluster_map", true, ClusterMapReq => Result<ClusterMap, NsError>);
 // Admin (served by the leader only): membership of the Raft group.
 rpc_method!(AdminMembers, "ns.admin_members", true, MembersReq => Result<MembersInfo, NsError>);
 // A retry after a promotion may answer MembershipRejected (already a voter).

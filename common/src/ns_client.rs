@@ -18,8 +18,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::ns_api::{
-    self, AddMemberReq, CommitNameReq, CommitOk, CreateBucketReq, CreateGuardReq, DeleteOk, MembersInfo, MembersReq,
-    NameReq, NsError, ObjectInfo, ReapOutcome, ReapReq, RemoveMemberReq, StoragePolicy,
+    self, AddMemberReq, ClusterMap, ClusterMapReq, CommitNameReq, CommitOk, CreateBucketReq, CreateGuardReq, DeleteOk,
+    MembersInfo, MembersReq, NameReq, NsError, ObjServerHeartbeat, ObjectInfo, ReapOutcome, ReapReq, RemoveMemberReq,
+    StoragePolicy,
 };
 use crate::rpc::{self, CallOptions, Method, RpcError, Transport};
 
@@ -134,6 +135,16 @@ impl<T: Transport> NameServerClient<T> {
 
     pub async fn reap(&self, uid: u128) -> Result<ReapOutcome, NsCallError> {
         self.call::<ns_api::Reap, ReapOutcome>(&ReapReq { uid }).await
+    }
+
+    /// Announces an object server (its address) to the cluster map.
+    pub async fn objserver_heartbeat(&self, beat: &ObjServerHeartbeat) -> Result<(), NsCallError> {
+        self.call::<ns_api::ObjServerBeat, ()>(beat).await
+    }
+
+    /// The cluster map (nodes with liveness, partition replicas).
+    pub async fn cluster_map(&self) -> Result<ClusterMap, NsCallError> {
+        self.call::<ns_api::GetClusterMap, ClusterMap>(&ClusterMapReq).await
     }
 
     /// The Raft group's members as the leader sees them.

@@ -20,3 +20,18 @@ pub fn stable_loopback_addr() -> SocketAddr {
     }
     panic!("no free loopback port in {STABLE_PORTS:?} after 1000 tries");
 }
+
+/// `len` reproducible pseudo-random bytes (xorshift64 seeded by `seed`):
+/// test payloads that differ per seed and compare cheaply.
+pub fn pattern(seed: u64, len: usize) -> bytes::Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}

@@ -48,7 +48,7 @@ use tessera_jepsen::{
     check_events, pair, write_jsonl, CheckOptions, CheckResult, Event, EventType, Func, Outcome, Recorder, Register,
     Report,
 };
-use tessera_nameserver::config::{NameServerConfig, RaftTuning};
+use tessera_nameserver::config::{ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::raft::RaftNode;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -300,6 +300,7 @@ impl Cluster {
             metrics_listen: None,
             raft: tuning(),
             bootstrap: Vec::new(),
+            cluster: ClusterSettings::default(),
         };
         // A restart can briefly find the old port or database still held by
         // the node just shut down: retry until WAIT.

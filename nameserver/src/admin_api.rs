@@ -9,7 +9,6 @@
 //! its outcome unknown (`Unavailable`).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +17,7 @@ use openraft::{ChangeMembers, ServerState};
 use tessera_common::ns_api::{self, AddMemberReq, Member, MembersInfo, MembersReq, NsError, RemoveMemberReq};
 use tessera_common::rpc::{RequestCtx, Router};
 
-use crate::raft::node::NodeShared;
-use crate::raft::{self, RaftMetrics, RaftNodeId};
+use crate::raft::{self, NsGroup, RaftMetrics, RaftNodeId};
 
 /// Budget of one membership change, catching a learner up included.
 pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,7 +34,7 @@ macro_rules! route {
 }
 
 /// Adds the admin methods to `router`.
-pub fn routes(router: Router, node: Arc<NodeShared>) -> Router {
+pub fn routes(router: Router, node: NsGroup) -> Router {
     let router = route!(router, node, ns_api::AdminMembers, members);
     let router = route!(router, node, ns_api::AdminAdd, add);
     route!(router, node, ns_api::AdminRemove, remove)
@@ -44,21 +42,21 @@ pub fn routes(router: Router, node: Arc<NodeShared>) -> Router {
 
 /// This node's metrics if it leads, else `NotLeader` with the leader's
 /// address when known.
-fn leader_metrics(node: &NodeShared) -> Result<RaftMetrics, NsError> {
-    let m = node.raft.metrics().borrow().clone();
-    if m.state == ServerState::Leader && m.current_leader == Some(node.id) {
+fn leader_metrics(node: &NsGroup) -> Result<RaftMetrics, NsError> {
+    let m = node.metrics().borrow().clone();
+    if m.state == ServerState::Leader && m.current_leader == Some(node.id()) {
         return Ok(m);
     }
     let leader_addr = m
         .current_leader
-        .filter(|l| *l != node.id)
+        .filter(|l| *l != node.id())
         .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
     Err(NsError::NotLeader { leader_addr })
 }
 
-async fn members(node: &NodeShared, _ctx: &RequestCtx, _req: MembersReq) -> Result<MembersInfo, NsError> {
+async fn members(node: &NsGroup, _ctx: &RequestCtx, _req: MembersReq) -> Result<MembersInfo, NsError> {
     let m = leader_metrics(node)?;
-    Ok(members_info(node.id, &m))
+    Ok(members_info(node.id(), &m))
 }
 
 /// The membership in `m` (the leader `me`'s metrics) on the wire.
@@ -88,16 +86,16 @@ fn matched(me: RaftNodeId, id: RaftNodeId, m: &RaftMetrics) -> Option<u64> {
     replication.get(&id).copied().flatten().map(|l| l.index)
 }
 
-async fn add(node: &NodeShared, ctx: &RequestCtx, req: AddMemberReq) -> Result<(), NsError> {
+async fn add(node: &NsGroup, ctx: &RequestCtx, req: AddMemberReq) -> Result<(), NsError> {
     let m = leader_metrics(node)?;
     check_addable(&m, &req)?;
     tracing::info!(node = req.id, addr = %req.addr, by = ?ctx.peer_name, "adding a learner");
     let learner = raft::Member { addr: req.addr };
-    timed(node.raft.add_learner(req.id, learner, true)).await?;
+    timed(node.raft().add_learner(req.id, learner, true)).await?;
     if req.promote {
         tracing::info!(node = req.id, "promoting the learner to voter");
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.id]));
-        timed(node.raft.change_membership(change, false)).await?;
+        timed(node.raft().change_membership(change, false)).await?;
     }
     Ok(())
 }
@@ -119,7 +117,7 @@ fn check_addable(m: &RaftMetrics, req: &AddMemberReq) -> Result<(), NsError> {
     Ok(())
 }
 
-async fn remove(node: &NodeShared, ctx: &RequestCtx, req: RemoveMemberReq) -> Result<(), NsError> {
+async fn remove(node: &NsGroup, ctx: &RequestCtx, req: RemoveMemberReq) -> Result<(), NsError> {
     let m = leader_metrics(node)?;
     let membership = m.membership_config.membership();
     let voters: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
@@ -134,7 +132,7 @@ async fn remove(node: &NodeShared, ctx: &RequestCtx, req: RemoveMemberReq) -> Re
         return Err(NsError::MembershipRejected(format!("node {} is not a member", req.id)));
     };
     tracing::info!(node = req.id, by = ?ctx.peer_name, "removing a member");
-    timed(node.raft.change_membership(change, false)).await
+    timed(node.raft().change_membership(change, false)).await
 }
 
 /// Runs a membership change within [`MEMBERSHIP_TIMEOUT`].

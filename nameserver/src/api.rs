@@ -10,8 +10,8 @@
 //! leader's term. Guard deadlines use the monotonic [`TokioClock`]; the
 //! version's `mtime_ms` is the leader's wall clock (metadata only).
 //!
-//! Other writes and reads go through [`NodeShared::propose`] /
-//! [`NodeShared::read`], which a follower forwards to the leader. A
+//! Other writes and reads go through [`NsGroup::propose`] /
+//! [`NsGroup::read`], which a follower forwards to the leader. A
 //! heartbeat reaching a follower is forwarded once to the leader with the
 //! internal `ns.chunkserver_heartbeat_forwarded`, so that `at_ms` always
 //! comes from the leader's clock.
@@ -32,16 +32,14 @@ use tessera_common::rpc::{self, CallOptions, Method, RequestCtx, Router};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster_api::Liveness;
 use crate::guards::{GuardError, GuardTable};
 use crate::namespace::{
     Command, CommitCondition, NamespaceError, NodeRecord, NodeRole, ObjectVersion, Query, QueryResponse, ReapOutcome,
     Response, StoragePolicy, VersionKind,
 };
-use crate::raft::node::NodeShared;
-use crate::raft::{ProposeError, RaftMetrics};
+use crate::raft::{NsGroup, ProposeError, RaftMetrics};
 
-/// Interval the name servers ask chunk servers to heartbeat at.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 2_000;
 /// Live guard entries per leader at most.
 pub const GUARDS_MAX: usize = 100_000;
 /// Budget of forwarding a heartbeat to the leader.
@@ -85,9 +83,10 @@ impl Guards {
 
 /// Handlers' shared state.
 pub struct Api {
-    node: Arc<NodeShared>,
+    node: NsGroup,
     clock: TokioClock,
     guards: Mutex<Guards>,
+    liveness: Arc<Liveness>,
 }
 
 /// Registers a handler `$f` of `Api` for method `$m`.
@@ -103,8 +102,8 @@ macro_rules! route {
 
 /// Adds the API's methods to `router`; the returned task clears the guard
 /// table on leadership changes (abort it on shutdown).
-pub fn routes(router: Router, node: Arc<NodeShared>) -> (Router, JoinHandle<()>) {
-    let metrics = node.raft.metrics();
+pub fn routes(router: Router, node: NsGroup, liveness: Arc<Liveness>) -> (Router, JoinHandle<()>) {
+    let metrics = node.metrics();
     let api = Arc::new(Api {
         node,
         clock: TokioClock::default(),
@@ -112,6 +111,7 @@ pub fn routes(router: Router, node: Arc<NodeShared>) -> (Router, JoinHandle<()>)
             term: 0,
             table: GuardTable::new(GUARDS_MAX),
         }),
+        liveness,
     });
     let task = tokio::spawn(watch_leadership(api.clone(), metrics));
     let router = route!(router, api, ns_api::CreateBucket, create_bucket);
@@ -122,6 +122,8 @@ pub fn routes(router: Router, node: Arc<NodeShared>) -> (Router, JoinHandle<()>)
     let router = route!(router, api, ns_api::Reap, reap);
     let router = route!(router, api, chunk_api::Heartbeat, heartbeat);
     let router = route!(router, api, ForwardedHeartbeat, forwarded_heartbeat);
+    let router = route!(router, api, ns_api::ObjServerBeat, objserver_heartbeat);
+    let router = route!(router, api, ns_api::GetClusterMap, cluster_map);
     let router = crate::admin_api::routes(router, api.node.clone());
     (router, task)
 }
@@ -132,12 +134,12 @@ async fn watch_leadership(api: Arc<Api>, mut rx: watch::Receiver<RaftMetrics>) {
     loop {
         let now = {
             let m = rx.borrow_and_update();
-            (m.current_leader == Some(api.node.id), m.current_term)
+            (m.current_leader == Some(api.node.id()), m.current_term)
         };
         if seen.is_some_and(|s| s != now) {
             let dropped = api.lock_guards().reset(now.1);
             tracing::info!(
-                node = api.node.id,
+                node = api.node.id(),
                 leader = now.0,
                 term = now.1,
                 dropped,
@@ -159,14 +161,14 @@ impl Api {
     /// The current term if this node leads, else `NotLeader` with the
     /// leader's address when known.
     fn leader_term(&self) -> Result<u64, NsError> {
-        let rx = self.node.raft.metrics();
+        let rx = self.node.metrics();
         let m = rx.borrow();
-        if m.state == ServerState::Leader && m.current_leader == Some(self.node.id) {
+        if m.state == ServerState::Leader && m.current_leader == Some(self.node.id()) {
             return Ok(m.current_term);
         }
         let leader_addr = m
             .current_leader
-            .filter(|l| *l != self.node.id)
+            .filter(|l| *l != self.node.id())
             .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
         Err(NsError::NotLeader { leader_addr })
     }
@@ -273,7 +275,7 @@ impl Api {
             tracing::warn!(node = %hb.node, error = %e, "chunk-server heartbeat not recorded");
         }
         HeartbeatAck {
-            interval_ms: HEARTBEAT_INTERVAL_MS,
+            interval_ms: self.liveness.heartbeat_interval_ms(),
         }
     }
 
@@ -281,7 +283,7 @@ impl Api {
         self.leader_term()?;
         self.record_heartbeat(hb).await?;
         Ok(HeartbeatAck {
-            interval_ms: HEARTBEAT_INTERVAL_MS,
+            interval_ms: self.liveness.heartbeat_interval_ms(),
         })
     }
 
@@ -294,7 +296,7 @@ impl Api {
             retries: 0,
             ..CallOptions::default()
         };
-        match rpc::call::<ForwardedHeartbeat, _>(&self.node.client, peer, hb, Bytes::new(), &opts).await {
+        match rpc::call::<ForwardedHeartbeat, _>(self.node.client(), peer, hb, Bytes::new(), &opts).await {
             Ok((answer, _)) => answer.map(|_| ()),
             Err(e) => Err(NsError::Unavailable(format!("forwarding heartbeat to {peer}: {e}"))),
         }
@@ -304,11 +306,49 @@ impl Api {
     /// monotonic clock.
     async fn record_heartbeat(&self, hb: ChunkServerHeartbeat) -> Result<(), NsError> {
         let at_ms = u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX);
-        let command = Command::NodeHeartbeat(node_record(hb, at_ms));
-        match self.node.propose_local(command).await.map_err(propose_error)? {
-            Response::Ok => Ok(()),
+        self.record_node(node_record(hb, at_ms)).await
+    }
+
+    /// Records a node's heartbeat in the cluster map and in this leader's
+    /// liveness memory.
+    async fn record_node(&self, record: NodeRecord) -> Result<(), NsError> {
+        let term = self.leader_term()?;
+        let node = record.node_id;
+        match self
+            .node
+            .propose_local(Command::NodeHeartbeat(record))
+            .await
+            .map_err(propose_error)?
+        {
+            Response::Ok => {
+                self.liveness.saw(term, node);
+                Ok(())
+            }
             other => Err(response_error(other)),
         }
+    }
+
+    /// `ns.objserver_heartbeat`: recorded by the leader; a follower answers
+    /// `NotLeader` and the client retries there.
+    async fn objserver_heartbeat(&self, beat: ns_api::ObjServerHeartbeat) -> Result<(), NsError> {
+        let at_ms = u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX);
+        self.record_node(NodeRecord {
+            node_id: beat.node,
+            role: NodeRole::ObjectServer,
+            addr: beat.rpc_addr,
+            zone: beat.zone,
+            capacity_bytes: 0,
+            used_bytes: 0,
+            healthy: true,
+            at_ms,
+        })
+        .await
+    }
+
+    /// `ns.cluster_map`, served by the leader (its liveness memory).
+    async fn cluster_map(&self, _: ns_api::ClusterMapReq) -> Result<ns_api::ClusterMap, NsError> {
+        let term = self.leader_term()?;
+        crate::cluster_api::cluster_map(&self.node, &self.liveness, term).await
     }
 }
 
@@ -393,6 +433,7 @@ fn propose_error(e: ProposeError) -> NsError {
     match e {
         ProposeError::NotLeader { leader_addr, .. } => NsError::NotLeader { leader_addr },
         ProposeError::Rejected(m) => NsError::Internal(m),
+        ProposeError::UnknownGroup(g) => NsError::Internal(format!("no namespace group {g} on this node")),
         ProposeError::Unavailable(m) | ProposeError::Storage(m) | ProposeError::Fatal(m) => NsError::Unavailable(m),
     }
 }

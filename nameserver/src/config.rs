@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+pub use tessera_raft::RaftTuning;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +48,42 @@ pub struct NameServerConfig {
     /// Initial voters; applied only if this node's log is empty.
     #[serde(default)]
     pub bootstrap: Vec<BootstrapMember>,
+    #[serde(default)]
+    pub cluster: ClusterSettings,
+}
+
+/// How the leader watches the rest of the cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// How often chunk servers are asked to heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// A node not heard from for this long is reported dead in the cluster
+    /// map (object servers then repair its chunks).
+    pub node_liveness_timeout_ms: u64,
+    /// How often the leader hands pending deletes to the object servers.
+    pub delete_handoff_interval_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            heartbeat_interval_ms: 2_000,
+            node_liveness_timeout_ms: 10_000,
+            delete_handoff_interval_ms: 1_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Quick judgments for a cluster on one machine's loopback (tests).
+    pub fn loopback() -> Self {
+        ClusterSettings {
+            heartbeat_interval_ms: 200,
+            node_liveness_timeout_ms: 1_500,
+            delete_handoff_interval_ms: 200,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -54,117 +91,6 @@ pub struct NameServerConfig {
 pub struct BootstrapMember {
     pub id: u64,
     pub addr: SocketAddr,
-}
-
-/// Raft timing and log-compaction knobs.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RaftTuning {
-    /// Leader heartbeat period; also the deadline of one append RPC.
-    pub heartbeat_interval_ms: u64,
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
-    pub snapshot_logs_since_last: u64,
-    /// Entries kept in the log after they are covered by a snapshot.
-    pub max_in_snapshot_log_to_keep: u64,
-    /// Entries per append RPC at most.
-    pub max_payload_entries: u64,
-    /// Deadline of sending and installing one snapshot.
-    pub install_snapshot_timeout_ms: u64,
-    /// How long a proposal may wait for its commit before `Unavailable`.
-    pub propose_timeout_ms: u64,
-    /// How long a linearizable read may wait for leadership confirmation.
-    pub read_timeout_ms: u64,
-    /// How long adding a learner (until it caught up) or changing
-    /// membership may take.
-    pub membership_timeout_ms: u64,
-}
-
-impl RaftTuning {
-    /// Tight timings for a cluster on one machine's loopback (tests, a
-    /// laptop): fast elections, bounded client waits.
-    pub fn loopback() -> Self {
-        RaftTuning {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 800,
-            election_timeout_max_ms: 1_600,
-            propose_timeout_ms: 5_000,
-            read_timeout_ms: 5_000,
-            ..RaftTuning::default()
-        }
-    }
-}
-
-impl Default for RaftTuning {
-    fn default() -> Self {
-        RaftTuning {
-            heartbeat_interval_ms: 200,
-            election_timeout_min_ms: 1_000,
-            election_timeout_max_ms: 2_000,
-            snapshot_logs_since_last: 10_000,
-            max_in_snapshot_log_to_keep: 1_000,
-            max_payload_entries: 256,
-            install_snapshot_timeout_ms: 30_000,
-            propose_timeout_ms: 5_000,
-            read_timeout_ms: 5_000,
-            membership_timeout_ms: 30_000,
-        }
-    }
-}
-
-impl RaftTuning {
-    fn validate(&self) -> anyhow::Result<()> {
-        if self.heartbeat_interval_ms < 20 {
-            bail!(
-                "raft.heartbeat_interval_ms = {}: must be at least 20",
-                self.heartbeat_interval_ms
-            );
-        }
-        if self.election_timeout_min_ms < 3 * self.heartbeat_interval_ms {
-            bail!(
-                "raft.election_timeout_min_ms = {}: must be at least 3 x heartbeat_interval_ms ({})",
-                self.election_timeout_min_ms,
-                self.heartbeat_interval_ms
-            );
-        }
-        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            bail!(
-                "raft.election_timeout_max_ms = {}: must exceed election_timeout_min_ms ({})",
-                self.election_timeout_max_ms,
-                self.election_timeout_min_ms
-            );
-        }
-        let positive = [
-            ("raft.snapshot_logs_since_last", self.snapshot_logs_since_last),
-            ("raft.max_payload_entries", self.max_payload_entries),
-            ("raft.install_snapshot_timeout_ms", self.install_snapshot_timeout_ms),
-            ("raft.propose_timeout_ms", self.propose_timeout_ms),
-            ("raft.read_timeout_ms", self.read_timeout_ms),
-            ("raft.membership_timeout_ms", self.membership_timeout_ms),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            bail!("{name}: must be positive");
-        }
-        Ok(())
-    }
-
-    /// The openraft configuration these knobs describe.
-    pub fn openraft_config(&self) -> anyhow::Result<openraft::Config> {
-        let config = openraft::Config {
-            cluster_name: "tessera-ns".into(),
-            heartbeat_interval: self.heartbeat_interval_ms,
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
-            install_snapshot_timeout: self.install_snapshot_timeout_ms,
-            max_payload_entries: self.max_payload_entries,
-            replication_lag_threshold: self.snapshot_logs_since_last + self.max_in_snapshot_log_to_keep,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
-            max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
-            ..openraft::Config::default()
-        };
-        config.validate().context("raft: invalid openraft configuration")
-    }
 }
 
 impl NameServerConfig {
@@ -187,6 +113,10 @@ impl NameServerConfig {
             bail!("data_dir: must not be empty");
         }
         self.raft.validate()?;
+        let cluster = &self.cluster;
+        if cluster.heartbeat_interval_ms == 0 || cluster.node_liveness_timeout_ms < 2 * cluster.heartbeat_interval_ms {
+            bail!("cluster.node_liveness_timeout_ms must be at least twice cluster.heartbeat_interval_ms (> 0)");
+        }
         self.validate_bootstrap()
     }
 
@@ -254,6 +184,10 @@ identity = "ns1"
             (format!("{GOOD}\n[raft]\nelection_timeout_max_ms = 10\n"), "election_timeout_max_ms"),
             (format!("{GOOD}\n[raft]\nsnapshot_logs_since_last = 0\n"), "snapshot_logs_since_last"),
             (format!("{GOOD}\n[raft]\nheartbeat_ms = 100\n"), "heartbeat_ms"),
+            (
+                format!("{GOOD}\n[cluster]\nnode_liveness_timeout_ms = 1000\n"),
+                "node_liveness_timeout_ms",
+            ),
             (format!("{GOOD}\n[[bootstrap]]\nid = 2\naddr = \"127.0.0.1:7002\"\n"), "bootstrap"),
             (
                 format!("{GOOD}\n[[bootstrap]]\nid = 1\naddr = \"127.0.0.1:7001\"\n[[bootstrap]]\nid = 1\naddr = \"127.0.0.1:7002\"\n"),

@@ -4,8 +4,9 @@
 
 pub mod admin_api;
 pub mod api;
+pub mod cluster_api;
 pub mod config;
+pub mod deleter;
 pub mod guards;
-pub mod kv;
 pub mod namespace;
 pub mod raft;

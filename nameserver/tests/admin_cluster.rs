@@ -14,7 +14,7 @@ use tessera_common::ns_api::{MembersInfo, NsError, StoragePolicy};
 use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
 use tessera_common::pki::{init_cluster, NodeIdentity};
 use tessera_common::rpc::{RpcClient, RpcClientConfig};
-use tessera_nameserver::config::{NameServerConfig, RaftTuning};
+use tessera_nameserver::config::{ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::namespace::{Query, QueryResponse};
 use tessera_nameserver::raft::RaftNode;
 
@@ -34,6 +34,7 @@ fn config(dir: &Path, certs: &Path, id: u64) -> NameServerConfig {
         metrics_listen: None,
         raft: RaftTuning::loopback(),
         bootstrap: Vec::new(),
+        cluster: ClusterSettings::default(),
     }
 }
 

@@ -16,7 +16,7 @@ use tessera_common::ns_api::{CommitCondition, CommitNameReq, NsError, ReapOutcom
 use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
 use tessera_common::pki::{init_cluster, NodeIdentity};
 use tessera_common::rpc::{self, CallOptions, RpcClient, RpcClientConfig};
-use tessera_nameserver::config::{NameServerConfig, RaftTuning};
+use tessera_nameserver::config::{ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::namespace::{NodeRole, Query, QueryResponse};
 use tessera_nameserver::raft::RaftNode;
 
@@ -52,6 +52,7 @@ impl Cluster {
                 metrics_listen: None,
                 raft: RaftTuning::loopback(),
                 bootstrap: Vec::new(),
+                cluster: ClusterSettings::default(),
             };
             let node = RaftNode::start(config).await.expect("start node");
             addrs.insert(id, node.addr());

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use tessera_common::pki::{init_cluster, NodeIdentity};
 use tessera_common::rpc::{self, CallOptions, RpcClient, RpcClientConfig};
-use tessera_nameserver::config::{NameServerConfig, RaftTuning};
+use tessera_nameserver::config::{ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::namespace::{Command, NamespaceError, Query, QueryResponse, Response};
-use tessera_nameserver::raft::service::{decode_client_reply, envelope, Propose};
-use tessera_nameserver::raft::{ProposeError, RaftNode};
+use tessera_nameserver::raft::{ProposeError, RaftNode, GROUP};
+use tessera_raft::service::{decode_client_reply, envelope, Propose};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -87,6 +87,7 @@ impl Cluster {
             metrics_listen: None,
             raft: self.tuning.clone(),
             bootstrap: Vec::new(),
+            cluster: ClusterSettings::default(),
         };
         let node = RaftNode::start(config).await.expect("start node");
         self.addrs.insert(id, node.addr());
@@ -245,7 +246,7 @@ async fn write_loop(
     while !stop.load(Ordering::SeqCst) {
         let name = format!("{prefix}-{seq:06}");
         seq += 1;
-        let (body, bulk) = envelope(&bucket(&name));
+        let (body, bulk) = envelope(GROUP, &bucket(&name));
         let call = rpc::call::<Propose, _>(&client, target, &body, bulk, &opts).await;
         match call
             .map_err(|e| ProposeError::Unavailable(e.to_string()))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_common::pki::init_cluster;
-use tessera_nameserver::config::{NameServerConfig, RaftTuning};
+use tessera_nameserver::config::{ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::namespace::{Command, Response};
 use tessera_nameserver::raft::RaftNode;
 
@@ -35,6 +35,7 @@ async fn start_three(dir: &std::path::Path) -> Vec<Arc<RaftNode>> {
                 ..RaftTuning::default()
             },
             bootstrap: Vec::new(),
+            cluster: ClusterSettings::default(),
         };
         nodes.push(Arc::new(RaftNode::start(config).await.expect("start")));
     }

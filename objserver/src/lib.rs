@@ -1,1 +1,13 @@
-//! Object server: partitions, GC entries, erasure-coded data log (DESIGN §5). Not built yet (issue 4).
+//! Object server (DESIGN §1, §4, §5): partitions, each its own Raft group,
+//! holding GC entries and extent maps over an append-only data log that is
+//! erasure-coded across chunk servers.
+
+pub mod cluster;
+pub mod config;
+pub mod ec;
+pub mod group_io;
+pub mod node;
+pub mod partition;
+pub mod placement;
+pub mod service;
+pub mod state;

@@ -13,7 +13,7 @@ use super::{
     buckets, AccessKeyInfo, AccessKeyRecord, Authz, Fail, NamespaceError, Permission, Res, Response, Secret,
     SecretInfo, ACCESS_KEYS, GRANTS, KEY_GRANTS,
 };
-use crate::kv::{KvRead, Txn};
+use tessera_raft::kv::{KvRead, Txn};
 
 type Perms = BTreeSet<Permission>;
 

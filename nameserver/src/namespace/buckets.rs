@@ -6,7 +6,7 @@ use super::{
     BucketInfo, BucketRecord, Fail, NamespaceError, Res, Response, StoragePolicy, BUCKETS, CURRENT, UPLOAD_INDEX,
     VERSIONS,
 };
-use crate::kv::{KvRead, Txn};
+use tessera_raft::kv::{KvRead, Txn};
 
 /// Checks S3's bucket naming rules.
 pub fn validate_name(name: &str) -> Result<(), NamespaceError> {
@@ -91,7 +91,7 @@ pub fn create<R: KvRead + ?Sized>(
 }
 
 /// Whether any key of `table` starts with `prefix`.
-fn any_with_prefix<R: KvRead + ?Sized>(view: &R, table: crate::kv::Table, prefix: &[u8]) -> Res<bool> {
+fn any_with_prefix<R: KvRead + ?Sized>(view: &R, table: tessera_raft::kv::Table, prefix: &[u8]) -> Res<bool> {
     let end = prefix_end(prefix);
     Ok(!view.scan(table, prefix, end.as_deref(), 1)?.is_empty())
 }

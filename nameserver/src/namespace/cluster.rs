@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::codec::{self, be_tail, encode};
 use super::{NodeRecord, Res, Response, NODES, PARTITIONS};
-use crate::kv::{KvRead, Txn};
+use tessera_raft::kv::{KvRead, Txn};
 
 /// Registers a node or updates it (upsert).
 pub fn heartbeat<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, node: &NodeRecord) -> Res<Response> {

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Fail, NamespaceError};
-use crate::kv::{KvRead, Table};
+use tessera_raft::kv::{KvRead, Table};
 
 /// Serializes a value for storage.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -11,7 +11,7 @@
 use super::codec::{decode_name_key, key_after, name_prefix, prefix_end};
 use super::names::CurrentEntry;
 use super::{buckets, codec, ListObjectsPage, ListObjectsRequest, Res, CURRENT};
-use crate::kv::KvRead;
+use tessera_raft::kv::KvRead;
 
 /// S3's cap on keys per page.
 pub const MAX_KEYS: usize = 1000;

@@ -28,7 +28,9 @@ mod tests;
 
 pub use types::*;
 
-use crate::kv::{KvError, KvRead, Table, Txn};
+use tessera_raft::kv::{KvError, KvRead, Table, Txn};
+/// Position of the entry being applied.
+pub use tessera_raft::ApplyCtx;
 
 /// Every table of the namespace (column families besides Raft's own).
 pub const TABLES: &[Table] = &[
@@ -79,12 +81,6 @@ pub const KEY_GRANTS: Table = "key_grants";
 pub const NODES: Table = "nodes";
 /// partition → replica node ids.
 pub const PARTITIONS: Table = "partitions";
-
-/// Position of the entry being applied.
-#[derive(Clone, Copy, Debug)]
-pub struct ApplyCtx {
-    pub log_index: u64,
-}
 
 /// Why a command or query did not produce its answer: a storage failure or
 /// a typed refusal.

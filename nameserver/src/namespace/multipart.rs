@@ -14,7 +14,7 @@ use super::{
     buckets, ApplyCtx, CommitCondition, Fail, ListUploadsRequest, NamespaceError, ObjectVersion, PartRef, PartsPage,
     Res, Response, UploadMeta, UploadRecord, UploadsPage, VersionKind, PARTS, UPLOADS, UPLOAD_INDEX,
 };
-use crate::kv::{KvRead, Txn};
+use tessera_raft::kv::{KvRead, Txn};
 
 /// S3's smallest part that is not the last.
 pub const MIN_PART_SIZE_BYTES: u64 = 5 * 1024 * 1024;

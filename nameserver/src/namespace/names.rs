@@ -23,7 +23,7 @@ use super::{
     buckets, ApplyCtx, CommitCondition, NamespaceError, ObjectVersion, PendingDelete, ReapOutcome, Res, Response,
     VersionKind, CURRENT, META, PENDING_DELETES, REAPED, UID_REFS, VERSIONS,
 };
-use crate::kv::{KvRead, Txn};
+use tessera_raft::kv::{KvRead, Txn};
 
 /// S3's limit on object key length.
 pub const MAX_KEY_BYTES: usize = 1024;

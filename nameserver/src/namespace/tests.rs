@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::kv::{KvRead, Txn};
+use tessera_raft::kv::{KvRead, Txn};
 
 mod access_tests;
 mod bucket_tests;
@@ -44,7 +44,10 @@ impl Db {
         let mut out = Vec::new();
         for command in commands {
             self.index += 1;
-            let ctx = ApplyCtx { log_index: self.index };
+            let ctx = ApplyCtx {
+                log_index: self.index,
+                term: 1,
+            };
             out.push(apply(&mut txn, command, &ctx).expect("storage"));
         }
         let mut batch = rocksdb::WriteBatch::default();

@@ -226,9 +226,11 @@ pub enum ReapOutcome {
     Free,
 }
 
-/// The answer to a command, returned to the proposer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to a command, returned to the proposer. Blank and membership
+/// entries answer the default, `Ok`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    #[default]
     Ok,
     Error(NamespaceError),
     /// Whether a delete removed something.

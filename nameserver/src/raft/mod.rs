@@ -1,60 +1,23 @@
-//! The name servers' Raft group (DESIGN §1): openraft 0.9 (storage-v2) with
-//! its log and state machine in one RocksDB per node, replicated over the
-//! cluster RPC (QUIC, mTLS).
+//! The name servers' Raft group (DESIGN §1): the namespace as a
+//! [`tessera_raft::StateMachine`] ([`Namespace`]), run as group
+//! [`GROUP`] of a [`tessera_raft`] registry, one per name-server process.
 //!
-//! - [`store`]: opening the RocksDB and its column families, blocking-call helpers.
-//! - [`log_store`]: the durable Raft log and vote (`RaftLogStorage`).
-//! - [`state_machine`]: applies entries to the namespace tables, builds and
-//!   installs snapshots (`RaftStateMachine`).
-//! - [`network`]: openraft's network over [`tessera_common::rpc`].
-//! - [`service`]: the RPC methods and their server-side handlers.
-//! - [`node`]: [`node::RaftNode`], the handle the rest of the name server uses.
+//! - [`machine`]: [`Namespace`], the namespace's commands and queries.
+//! - [`node`]: [`node::RaftNode`], the process: its RPC server (Raft, client
+//!   and name-server API routes) and its one group.
 
-// openraft's traits dictate `StorageError` (224 bytes) as the error type of
-// every storage call; boxing it in our helpers would only add conversions.
-#![allow(clippy::result_large_err)]
-
-pub mod codec;
-pub mod error;
-pub mod log_store;
-pub mod network;
+pub mod machine;
 pub mod node;
-pub mod service;
-pub mod state_machine;
-pub mod store;
 
-use std::io::Cursor;
-
-use crate::namespace::{Command, Response};
-
-pub use error::ProposeError;
+pub use machine::Namespace;
 pub use node::RaftNode;
+pub use tessera_raft::{GroupId, Member, ProposeError, RaftNodeId};
 
-/// Raft node ids are plain `u64` (the value of [`tessera_common::ids::NodeId`]).
-pub type RaftNodeId = u64;
+/// The name servers' group id in their process.
+pub const GROUP: GroupId = GroupId(0);
 
-/// A member as openraft stores it: its RPC address (`host:port`).
-pub type Member = openraft::BasicNode;
-
-openraft::declare_raft_types!(
-    /// The name servers' Raft types: namespace commands in, responses out.
-    pub TypeConfig:
-        D = Command,
-        R = Response,
-        NodeId = RaftNodeId,
-        Node = Member,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
-);
-
-/// The openraft handle of this group.
-pub type Raft = openraft::Raft<TypeConfig>;
-/// One log entry.
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<RaftNodeId>;
-pub type Vote = openraft::Vote<RaftNodeId>;
-pub type StoredMembership = openraft::StoredMembership<RaftNodeId, Member>;
-pub type SnapshotMeta = openraft::SnapshotMeta<RaftNodeId, Member>;
-pub type StorageError = openraft::StorageError<RaftNodeId>;
-pub type RaftMetrics = openraft::RaftMetrics<RaftNodeId, Member>;
+/// A handle of the running namespace group (what the API handlers hold).
+pub type NsGroup = tessera_raft::GroupHandle<Namespace>;
+/// The openraft handle of the group.
+pub type Raft = tessera_raft::Raft<Namespace>;
+pub type RaftMetrics = tessera_raft::RaftMetrics;

@@ -196,17 +196,17 @@ struct Counting<'a> {
 }
 
 impl KvRead for Counting<'_> {
-    fn get(&self, table: crate::kv::Table, key: &[u8]) -> Result<Option<Vec<u8>>, crate::kv::KvError> {
+    fn get(&self, table: tessera_raft::kv::Table, key: &[u8]) -> Result<Option<Vec<u8>>, tessera_raft::kv::KvError> {
         KvRead::get(self.db, table, key)
     }
 
     fn scan(
         &self,
-        table: crate::kv::Table,
+        table: tessera_raft::kv::Table,
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<crate::kv::Pair>, crate::kv::KvError> {
+    ) -> Result<Vec<tessera_raft::kv::Pair>, tessera_raft::kv::KvError> {
         let pairs = KvRead::scan(self.db, table, start, end, limit)?;
         self.pairs.set(self.pairs.get() + pairs.len());
         Ok(pairs)

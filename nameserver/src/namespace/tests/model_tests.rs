@@ -104,7 +104,7 @@ fn random_interleavings_never_name_a_reaped_uid_nor_queue_a_named_one() {
     }
 }
 
-fn dump(db: &Db) -> Vec<(Table, Vec<crate::kv::Pair>)> {
+fn dump(db: &Db) -> Vec<(Table, Vec<tessera_raft::kv::Pair>)> {
     TABLES
         .iter()
         .map(|table| (*table, db.db.scan(table, &[], None, usize::MAX).expect("scan")))

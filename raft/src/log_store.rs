@@ -1,4 +1,4 @@
-//! The Raft log and vote in RocksDB (`RaftLogStorage`, storage-v2).
+//! A group's Raft log and vote in RocksDB (`RaftLogStorage`, storage-v2).
 //!
 //! Durability: `save_vote`, `append` (one synced `WriteBatch` per call,
 //! covering all its entries), `truncate` and `purge` are synced before they
@@ -8,6 +8,7 @@
 //! writes reach RocksDB in order.
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,22 +17,33 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, ErrorVerb, LogState, OptionalSend, RaftLogReader, StorageIOError};
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
-use crate::raft::codec::{decode, encode, log_index, log_key};
-use crate::raft::store::{
-    blocking, cf, store_error, synced, CF_LOG, CF_RAFT_META, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
-};
-use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::codec::{decode, encode, log_index, log_key};
+use crate::machine::metric;
+use crate::store::{blocking, cf, store_error, synced, CF_LOG, CF_RAFT_META, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
+use crate::{Entry, LogId, StateMachine, StorageError, TypeConfig, Vote};
 
-/// Log storage over a shared RocksDB. Cheap to clone (it is also the reader
-/// the replication tasks use).
-#[derive(Clone)]
-pub struct LogStore {
+/// Log storage over a group's RocksDB. Cheap to clone (it is also the
+/// reader the replication tasks use).
+pub struct LogStore<S> {
     db: Arc<DB>,
+    _machine: PhantomData<fn() -> S>,
 }
 
-impl LogStore {
+impl<S> Clone for LogStore<S> {
+    fn clone(&self) -> Self {
+        LogStore {
+            db: self.db.clone(),
+            _machine: PhantomData,
+        }
+    }
+}
+
+impl<S: StateMachine> LogStore<S> {
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+        LogStore {
+            db,
+            _machine: PhantomData,
+        }
     }
 }
 
@@ -58,19 +70,19 @@ fn write_meta<T: serde::Serialize>(db: &DB, key: &'static [u8], value: &T, sync:
         .map_err(|e| store_error(ErrorVerb::Write, &e))
 }
 
-fn last_entry_log_id(db: &DB) -> Result<Option<LogId>, StorageError> {
+fn last_entry_log_id<S: StateMachine>(db: &DB) -> Result<Option<LogId>, StorageError> {
     let mut iter = db.iterator_cf(cf(db, CF_LOG)?, IteratorMode::End);
     match iter.next() {
         None => Ok(None),
         Some(item) => {
             let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let entry: Entry = decode("log entry", &value).map_err(|e| StorageIOError::read_logs(&e))?;
+            let entry: Entry<S> = decode("log entry", &value).map_err(|e| StorageIOError::read_logs(&e))?;
             Ok(Some(entry.log_id))
         }
     }
 }
 
-fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+fn read_range<S: StateMachine>(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry<S>>, StorageError> {
     let key = log_key(start);
     let mut out = Vec::new();
     for item in db.iterator_cf(cf(db, CF_LOG)?, IteratorMode::From(&key, Direction::Forward)) {
@@ -79,7 +91,7 @@ fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, Stora
         if end.is_some_and(|end| index >= end) {
             break;
         }
-        let entry: Entry = decode("log entry", &value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+        let entry: Entry<S> = decode("log entry", &value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
         out.push(entry);
     }
     Ok(out)
@@ -100,7 +112,7 @@ fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Option<u64>)> 
     Some((start, end))
 }
 
-fn append_batch(db: &DB, entries: &[Entry]) -> Result<(), StorageError> {
+fn append_batch<S: StateMachine>(db: &DB, entries: &[Entry<S>]) -> Result<(), StorageError> {
     let log = cf(db, CF_LOG)?;
     let mut batch = WriteBatch::default();
     for entry in entries {
@@ -111,27 +123,27 @@ fn append_batch(db: &DB, entries: &[Entry]) -> Result<(), StorageError> {
         .map_err(|e| StorageIOError::write_logs(&e).into())
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<S: StateMachine> RaftLogReader<TypeConfig<S>> for LogStore<S> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry<S>>, StorageError> {
         let Some((start, end)) = index_bounds(&range) else {
             return Ok(Vec::new());
         };
         let db = self.db.clone();
-        blocking(move || read_range(&db, start, end)).await
+        blocking(move || read_range::<S>(&db, start, end)).await
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<S: StateMachine> RaftLogStorage<TypeConfig<S>> for LogStore<S> {
+    type LogReader = LogStore<S>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig<S>>, StorageError> {
         let db = self.db.clone();
         blocking(move || {
             let last_purged_log_id: Option<LogId> = read_meta(&db, KEY_LAST_PURGED)?;
-            let last_log_id = last_entry_log_id(&db)?.or(last_purged_log_id);
+            let last_log_id = last_entry_log_id::<S>(&db)?.or(last_purged_log_id);
             Ok(LogState {
                 last_purged_log_id,
                 last_log_id,
@@ -170,18 +182,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig<S>>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = Entry<S>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<Entry<S>> = entries.into_iter().collect();
         let count = entries.len() as u64;
         let db = self.db.clone();
         let started = Instant::now();
-        let result = blocking(move || append_batch(&db, &entries)).await;
-        metrics::histogram!("ns_raft_log_append_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("ns_raft_log_appended_entries_total").increment(count);
+        let result = blocking(move || append_batch::<S>(&db, &entries)).await;
+        metrics::histogram!(metric::<S>("raft_log_append_seconds")).record(started.elapsed().as_secs_f64());
+        metrics::counter!(metric::<S>("raft_log_appended_entries_total")).increment(count);
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -214,7 +226,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| StorageIOError::write_logs(&e).into())
         })
         .await?;
-        metrics::counter!("ns_raft_log_purges_total").increment(1);
+        metrics::counter!(metric::<S>("raft_log_purges_total")).increment(1);
         Ok(())
     }
 }
@@ -224,25 +236,25 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+    use crate::testing::Counter;
 
-    fn entry(term: u64, index: u64) -> Entry {
+    fn entry(term: u64, index: u64) -> Entry<Counter> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
         }
     }
 
-    fn write(store: &LogStore, entries: &[Entry]) {
-        append_batch(&store.db, entries).expect("append");
+    fn open(dir: &std::path::Path) -> LogStore<Counter> {
+        LogStore::new(crate::store::open(dir, Counter::TABLES).expect("open"))
     }
 
     #[tokio::test]
     async fn append_truncate_purge_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::raft::store::open(dir.path()).expect("open");
-        let mut store = LogStore::new(db);
-        let entries: Vec<Entry> = (1..=10).map(|i| entry(1, i)).collect();
-        write(&store, &entries);
+        let mut store = open(dir.path());
+        let entries: Vec<Entry<Counter>> = (1..=10).map(|i| entry(1, i)).collect();
+        append_batch::<Counter>(&store.db, &entries).expect("append");
         assert_eq!(store.try_get_log_entries(3..6).await.expect("read").len(), 3);
         assert_eq!(store.try_get_log_entries(8..).await.expect("read").len(), 3);
         store.truncate(entries[7].log_id).await.expect("truncate"); // drops 8..=10
@@ -256,7 +268,7 @@ mod tests {
         let vote = Vote::new(3, 2);
         store.save_vote(&vote).await.expect("vote");
         drop(store);
-        let mut reopened = LogStore::new(crate::raft::store::open(dir.path()).expect("reopen"));
+        let mut reopened = open(dir.path());
         assert_eq!(reopened.read_vote().await.expect("vote"), Some(vote));
         assert_eq!(
             reopened.get_log_state().await.expect("state").last_purged_log_id,

@@ -1,9 +1,10 @@
-//! Errors of proposals, reads and membership changes, as callers branch on
-//! them. They travel between name servers (forwarding), hence serde.
+//! Errors of proposals, reads and membership changes of a group, as callers
+//! branch on them. They travel between processes (forwarding, client
+//! calls), hence serde.
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::RaftNodeId;
+use crate::{GroupId, RaftNodeId};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ProposeError {
@@ -30,6 +31,10 @@ pub enum ProposeError {
     /// already handed to Raft the outcome is unknown.
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The process called does not host this group (never did, or it was
+    /// shut down or moved). The call was not executed.
+    #[error("no raft group {0} here")]
+    UnknownGroup(GroupId),
 }
 
 impl ProposeError {
@@ -38,7 +43,7 @@ impl ProposeError {
         matches!(self, ProposeError::Unavailable(_) | ProposeError::Fatal(_))
     }
 
-    pub(crate) fn from_fatal(fatal: &openraft::error::Fatal<RaftNodeId>) -> Self {
+    pub fn from_fatal(fatal: &openraft::error::Fatal<RaftNodeId>) -> Self {
         match fatal {
             openraft::error::Fatal::StorageError(e) => ProposeError::Storage(e.to_string()),
             other => ProposeError::Fatal(other.to_string()),

@@ -1,7 +1,7 @@
-//! One RocksDB per name server holding Raft's log and metadata, the state
-//! machine's metadata, the current snapshot, and every namespace table, each
-//! in its own column family. All RocksDB calls run off the async runtime
-//! ([`blocking`]), so a slow fsync never stalls heartbeats.
+//! One RocksDB per group holding Raft's log and metadata, the state
+//! machine's metadata, the current snapshot, and every table of the state
+//! machine, each in its own column family. All RocksDB calls run off the
+//! async runtime ([`blocking`]), so a slow fsync never stalls heartbeats.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,8 +9,8 @@ use std::sync::Arc;
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 use rocksdb::{ColumnFamily, Options, DB};
 
-use crate::namespace;
-use crate::raft::StorageError;
+use crate::kv::Table;
+use crate::StorageError;
 
 /// Log entries, keyed by big-endian index.
 pub const CF_LOG: &str = "raft_log";
@@ -28,23 +28,20 @@ pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
 pub const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
 
-/// Raft's own column families (the namespace's are [`namespace::TABLES`]).
+/// Raft's own column families (the state machine's are its `TABLES`).
 pub const RAFT_CFS: &[&str] = &[CF_LOG, CF_RAFT_META, CF_SM_META, CF_SNAPSHOT];
 
-/// Opens (creating if needed) the node's database under `dir`. Column
-/// families already present are opened too, so a table dropped from the code
-/// never makes an old database unopenable.
-pub fn open(dir: &Path) -> anyhow::Result<Arc<DB>> {
+/// Opens (creating if needed) a group's database under `dir` with Raft's
+/// column families and `tables`. Column families already present are opened
+/// too, so a table dropped from the code never makes an old database
+/// unopenable.
+pub fn open(dir: &Path, tables: &[Table]) -> anyhow::Result<Arc<DB>> {
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_max_background_jobs(2);
-    let mut names: Vec<String> = RAFT_CFS
-        .iter()
-        .chain(namespace::TABLES)
-        .map(|s| s.to_string())
-        .collect();
+    let mut names: Vec<String> = RAFT_CFS.iter().chain(tables).map(|s| s.to_string()).collect();
     for existing in DB::list_cf(&options, dir).unwrap_or_default() {
         if existing != "default" && !names.contains(&existing) {
             names.push(existing);

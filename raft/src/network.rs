@@ -1,11 +1,14 @@
-//! openraft's network over the cluster RPC ([`RpcClient`], QUIC + mTLS).
+//! openraft's network of one group over the cluster RPC ([`RpcClient`],
+//! QUIC + mTLS, shared by every group of the process). Every call names the
+//! group ([`GroupId`]).
 //!
-//! Error mapping: a peer we cannot connect to (or that is shutting down) is
-//! `Unreachable` (openraft backs off); a deadline is `Timeout`; a failure
+//! Error mapping: a peer we cannot connect to (or that is shutting down, or
+//! that does not host the group) is `Unreachable` (openraft backs off); a deadline is `Timeout`; a failure
 //! mid-call or an undecodable answer is a `NetworkError` (retried at once);
 //! an error returned by the peer's Raft is a `RemoteError`. Calls are never
 //! retried by the RPC layer: openraft drives its own retries.
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,44 +28,56 @@ use serde::Serialize;
 use tessera_common::rpc::{self, CallOptions, Method, RpcClient, RpcError};
 use tessera_common::wire::BULK_BYTES_MAX;
 
-use crate::raft::codec::decode;
-use crate::raft::service::{
-    blob, envelope, opened, RaftAppend, RaftBlob, RaftSnapshot, RaftVote, RemoteResult, SnapshotHeader,
+use crate::codec::decode;
+use crate::machine::metric;
+use crate::service::{
+    encoded, envelope, opened, GroupCall, RaftAppend, RaftBlob, RaftSnapshot, RaftVote, RemoteResult, SnapshotHeader,
 };
-use crate::raft::{Member, RaftNodeId, TypeConfig, Vote};
+use crate::{GroupId, Member, RaftNodeId, StateMachine, TypeConfig, Vote};
 
-/// Creates one [`PeerNetwork`] per replication target.
-#[derive(Clone)]
-pub struct NetworkFactory {
+/// Creates one [`PeerNetwork`] per replication target of a group.
+pub struct NetworkFactory<S> {
+    group: GroupId,
     id: RaftNodeId,
     client: RpcClient,
+    _machine: PhantomData<fn() -> S>,
 }
 
-impl NetworkFactory {
-    pub fn new(id: RaftNodeId, client: RpcClient) -> Self {
-        NetworkFactory { id, client }
-    }
-}
-
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = PeerNetwork;
-
-    async fn new_client(&mut self, target: RaftNodeId, node: &Member) -> PeerNetwork {
-        PeerNetwork {
-            id: self.id,
-            target,
-            addr: node.addr.clone(),
-            client: self.client.clone(),
+impl<S> NetworkFactory<S> {
+    pub fn new(group: GroupId, id: RaftNodeId, client: RpcClient) -> Self {
+        NetworkFactory {
+            group,
+            id,
+            client,
+            _machine: PhantomData,
         }
     }
 }
 
-/// The connection to one peer (connections are pooled by the RPC client).
-pub struct PeerNetwork {
+impl<S: StateMachine> RaftNetworkFactory<TypeConfig<S>> for NetworkFactory<S> {
+    type Network = PeerNetwork<S>;
+
+    async fn new_client(&mut self, target: RaftNodeId, node: &Member) -> PeerNetwork<S> {
+        PeerNetwork {
+            group: self.group,
+            id: self.id,
+            target,
+            addr: node.addr.clone(),
+            client: self.client.clone(),
+            _machine: PhantomData,
+        }
+    }
+}
+
+/// The connection to one peer's group (connections are pooled by the RPC
+/// client).
+pub struct PeerNetwork<S> {
+    group: GroupId,
     id: RaftNodeId,
     target: RaftNodeId,
     addr: String,
     client: RpcClient,
+    _machine: PhantomData<fn() -> S>,
 }
 
 /// Why a Raft call to a peer failed, before mapping to openraft's types.
@@ -77,7 +92,7 @@ fn any(msg: impl ToString) -> AnyError {
     AnyError::error(msg)
 }
 
-impl PeerNetwork {
+impl<S: StateMachine> PeerNetwork<S> {
     fn peer(&self) -> Result<SocketAddr, Unreachable> {
         self.addr.parse().map_err(|e| {
             Unreachable::new(&any(format!(
@@ -89,7 +104,7 @@ impl PeerNetwork {
 
     async fn call<M, Req, T, E>(&self, request: &Req, bulk: Bytes, ttl: Duration) -> Result<T, CallFailure<E>>
     where
-        M: Method<Request = RaftBlob, Response = RaftBlob>,
+        M: Method<Request = GroupCall, Response = RaftBlob>,
         Req: Serialize,
         T: DeserializeOwned,
         E: DeserializeOwned,
@@ -102,19 +117,30 @@ impl PeerNetwork {
         };
         // With a bulk payload of its own (a snapshot) the request stays inline.
         let (body, bulk) = if bulk.is_empty() {
-            envelope(request)
+            envelope(self.group, request)
         } else {
-            (blob(request), bulk)
+            let bytes = encoded(request);
+            (
+                GroupCall {
+                    group: self.group.0,
+                    bytes,
+                },
+                bulk,
+            )
         };
         let (response, response_bulk) = rpc::call::<M, _>(&self.client, peer, &body, bulk, &opts)
             .await
             .map_err(|e| classify(&e, ttl))?;
-        match decode::<RemoteResult<T, E>>("raft reply", opened(&response, &response_bulk)) {
+        match decode::<RemoteResult<T, E>>("raft reply", opened(&response.bytes, &response_bulk)) {
             Ok(RemoteResult::Ok(v)) => Ok(v),
             Ok(RemoteResult::Err(e)) => Err(CallFailure::Remote(e)),
             Ok(RemoteResult::Malformed(m)) => Err(CallFailure::Network(NetworkError::new(&any(format!(
                 "{} refused our request as malformed: {m}",
                 M::NAME
+            ))))),
+            Ok(RemoteResult::UnknownGroup(group)) => Err(CallFailure::Unreachable(Unreachable::new(&any(format!(
+                "node {} at {} does not host group {group}",
+                self.target, self.addr
             ))))),
             Err(e) => Err(CallFailure::Network(NetworkError::new(&e))),
         }
@@ -147,21 +173,21 @@ fn classify<E>(e: &RpcError, ttl: Duration) -> CallFailure<E> {
     }
 }
 
-fn record(method: &'static str, ok: bool) {
+fn record<S: StateMachine>(method: &'static str, ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
-    metrics::counter!("ns_raft_rpc_sent_total", "method" => method, "outcome" => outcome).increment(1);
+    metrics::counter!(metric::<S>("raft_rpc_sent_total"), "method" => method, "outcome" => outcome).increment(1);
 }
 
-impl RaftNetwork<TypeConfig> for PeerNetwork {
+impl<S: StateMachine> RaftNetwork<TypeConfig<S>> for PeerNetwork<S> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig<S>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<RaftNodeId>, RPCError<RaftNodeId, Member, RaftError<RaftNodeId>>> {
         let result = self
             .call::<RaftAppend, _, _, RaftError<RaftNodeId>>(&rpc, Bytes::new(), option.hard_ttl())
             .await;
-        record(RaftAppend::NAME, result.is_ok());
+        record::<S>(RaftAppend::NAME, result.is_ok());
         result.map_err(|f| self.rpc_error(RPCTypes::AppendEntries, f))
     }
 
@@ -173,7 +199,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         let result = self
             .call::<RaftVote, _, _, RaftError<RaftNodeId>>(&rpc, Bytes::new(), option.hard_ttl())
             .await;
-        record(RaftVote::NAME, result.is_ok());
+        record::<S>(RaftVote::NAME, result.is_ok());
         result.map_err(|f| self.rpc_error(RPCTypes::Vote, f))
     }
 
@@ -181,25 +207,25 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     /// call, so openraft's chunked transport is not used.
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _rpc: InstallSnapshotRequest<TypeConfig<S>>,
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<RaftNodeId>,
         RPCError<RaftNodeId, Member, RaftError<RaftNodeId, InstallSnapshotError>>,
     > {
         Err(RPCError::Network(NetworkError::new(&any(
-            "chunked snapshot transfer is not supported; snapshots are sent whole (ns.raft_snapshot)",
+            "chunked snapshot transfer is not supported; snapshots are sent whole (raft.snapshot)",
         ))))
     }
 
-    #[tracing::instrument(level = "info", skip_all, fields(target = self.target, meta = %snapshot.meta))]
+    #[tracing::instrument(level = "info", skip_all, fields(group = self.group.0, target = self.target, meta = %snapshot.meta))]
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: Snapshot<TypeConfig>,
+        snapshot: Snapshot<TypeConfig<S>>,
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<RaftNodeId>, StreamingError<TypeConfig, Fatal<RaftNodeId>>> {
+    ) -> Result<SnapshotResponse<RaftNodeId>, StreamingError<TypeConfig<S>, Fatal<RaftNodeId>>> {
         let data = snapshot.snapshot.into_inner();
         if data.len() as u64 > BULK_BYTES_MAX {
             let msg = format!("snapshot of {} bytes exceeds one call's bulk limit", data.len());
@@ -219,7 +245,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             result = send => result,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        record(RaftSnapshot::NAME, result.is_ok());
+        record::<S>(RaftSnapshot::NAME, result.is_ok());
         result.map_err(|failure| match self.rpc_error(RPCTypes::InstallSnapshot, failure) {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             RPCError::Network(n) => StreamingError::Network(n),

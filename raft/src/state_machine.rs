@@ -1,5 +1,6 @@
-//! The state machine in RocksDB (`RaftStateMachine`): every batch of
-//! committed entries becomes one [`Txn`] over the namespace tables and one
+//! A group's state machine in RocksDB (`RaftStateMachine`), generic over
+//! the application's [`StateMachine`]: every batch of committed entries
+//! becomes one [`Txn`] over the application's tables and one
 //! `WriteBatch` that also records the last applied log id and membership, so
 //! data and "how far applied" can never disagree.
 //!
@@ -10,12 +11,13 @@
 //! (append, vote, purge) also syncs the shared WAL, so nothing the log
 //! purges can be lost. Snapshot installs are synced.
 //!
-//! Snapshots: a consistent RocksDB snapshot of the namespace tables and the
+//! Snapshots: a consistent RocksDB snapshot of the `TABLES` and the
 //! state-machine meta, encoded with postcard ([`SnapshotData`]). The current
 //! snapshot (meta + data) is kept in its own column family, written in the
 //! same batch as an install, so it survives restarts.
 
 use std::io::Cursor;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,15 +27,15 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapsh
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{decode, encode};
 use crate::kv::Txn;
-use crate::namespace::{self, ApplyCtx, Response};
-use crate::raft::codec::{decode, encode};
-use crate::raft::store::{
+use crate::machine::metric;
+use crate::store::{
     blocking, cf, synced, CF_SM_META, CF_SNAPSHOT, KEY_CURRENT_SNAPSHOT, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
 };
-use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::{ApplyCtx, Entry, LogId, SnapshotMeta, StateMachine, StorageError, StoredMembership, TypeConfig};
 
-/// Contents of a snapshot: every namespace table, in key order.
+/// Contents of a snapshot: every table of the state machine, in key order.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SnapshotData {
     pub tables: Vec<TableDump>,
@@ -52,20 +54,31 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// State machine over a shared RocksDB. Cheap to clone; also its own
+/// State machine `S` over a group's RocksDB. Cheap to clone; also its own
 /// snapshot builder.
-#[derive(Clone)]
-pub struct StateMachineStore {
+pub struct StateMachineStore<S> {
     db: Arc<DB>,
     /// Distinguishes snapshots built at the same log id.
     builds: Arc<AtomicU64>,
+    _machine: PhantomData<fn() -> S>,
 }
 
-impl StateMachineStore {
+impl<S> Clone for StateMachineStore<S> {
+    fn clone(&self) -> Self {
+        StateMachineStore {
+            db: self.db.clone(),
+            builds: self.builds.clone(),
+            _machine: PhantomData,
+        }
+    }
+}
+
+impl<S: StateMachine> StateMachineStore<S> {
     pub fn new(db: Arc<DB>) -> Self {
         StateMachineStore {
             db,
             builds: Arc::new(AtomicU64::new(0)),
+            _machine: PhantomData,
         }
     }
 }
@@ -90,22 +103,24 @@ fn applied_state(db: &DB) -> Result<(Option<LogId>, StoredMembership), StorageEr
 }
 
 /// Applies `entries` in one transaction and one write.
-fn apply_batch(db: &DB, entries: &[Entry]) -> Result<Vec<Response>, StorageError> {
+fn apply_batch<S: StateMachine>(db: &DB, entries: &[Entry<S>]) -> Result<Vec<S::Response>, StorageError> {
     let mut txn = Txn::new(db);
     let mut responses = Vec::with_capacity(entries.len());
     let mut membership = None;
     for entry in entries {
         let response = match &entry.payload {
-            EntryPayload::Blank => Response::Ok,
+            EntryPayload::Blank => S::Response::default(),
             EntryPayload::Normal(command) => {
                 let ctx = ApplyCtx {
                     log_index: entry.log_id.index,
+                    term: entry.log_id.leader_id.term,
                 };
-                namespace::apply(&mut txn, command, &ctx).map_err(|e| StorageIOError::apply(entry.log_id, &e))?
+                S::apply(&mut txn, command, &ctx)
+                    .map_err(|e| StorageIOError::apply(entry.log_id, AnyError::error(e.to_string())))?
             }
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
-                Response::Ok
+                S::Response::default()
             }
         };
         responses.push(response);
@@ -135,13 +150,13 @@ fn apply_batch(db: &DB, entries: &[Entry]) -> Result<Vec<Response>, StorageError
 }
 
 /// Reads a consistent image of the tables and the meta they correspond to.
-fn dump(db: &DB) -> Result<(Option<LogId>, StoredMembership, SnapshotData), StorageError> {
+fn dump<S: StateMachine>(db: &DB) -> Result<(Option<LogId>, StoredMembership, SnapshotData), StorageError> {
     let snap = db.snapshot();
     let meta = cf(db, CF_SM_META)?;
     let last_applied = sm_get(|k| snap.get_cf(meta, k), KEY_LAST_APPLIED)?;
     let membership = sm_get(|k| snap.get_cf(meta, k), KEY_MEMBERSHIP)?.unwrap_or_default();
     let mut data = SnapshotData::default();
-    for table in namespace::TABLES {
+    for table in S::TABLES {
         let mut pairs = Vec::new();
         for item in snap.iterator_cf(cf(db, table)?, IteratorMode::Start) {
             let (key, value) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
@@ -159,8 +174,8 @@ fn snapshot_error(meta: Option<&SnapshotMeta>, source: impl Into<AnyError>) -> S
     StorageIOError::write_snapshot(meta.map(|m| m.signature()), source).into()
 }
 
-fn build(db: &DB, build_no: u64) -> Result<Snapshot<TypeConfig>, StorageError> {
-    let (last_applied, last_membership, data) = dump(db)?;
+fn build<S: StateMachine>(db: &DB, build_no: u64) -> Result<Snapshot<TypeConfig<S>>, StorageError> {
+    let (last_applied, last_membership, data) = dump::<S>(db)?;
     let snapshot_id = match last_applied {
         Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, build_no),
         None => format!("empty-{build_no}"),
@@ -196,22 +211,18 @@ fn clear_table(db: &DB, batch: &mut WriteBatch, table: &'static str) -> Result<(
 
 /// Replaces the state machine with `bytes` and makes it the current
 /// snapshot, in one synced batch.
-fn install(db: &DB, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), StorageError> {
+fn install<S: StateMachine>(db: &DB, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), StorageError> {
     let data: SnapshotData = decode("snapshot data", &bytes).map_err(|e| snapshot_error(Some(meta), &e))?;
-    if let Some(unknown) = data
-        .tables
-        .iter()
-        .find(|t| !namespace::TABLES.contains(&t.name.as_str()))
-    {
+    if let Some(unknown) = data.tables.iter().find(|t| !S::TABLES.contains(&t.name.as_str())) {
         let msg = format!("snapshot has unknown table {:?} (newer version?)", unknown.name);
         return Err(snapshot_error(Some(meta), AnyError::error(msg)));
     }
     let mut batch = WriteBatch::default();
-    for table in namespace::TABLES {
+    for table in S::TABLES {
         clear_table(db, &mut batch, table)?;
     }
     for dump in &data.tables {
-        if let Some(table) = namespace::TABLES.iter().find(|t| **t == dump.name) {
+        if let Some(table) = S::TABLES.iter().find(|t| **t == dump.name) {
             let handle = cf(db, table)?;
             for (key, value) in &dump.pairs {
                 batch.put_cf(handle, key, value);
@@ -243,7 +254,7 @@ fn install(db: &DB, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), StorageEr
         .map_err(|e| snapshot_error(Some(meta), &e))
 }
 
-fn current_snapshot(db: &DB) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+fn current_snapshot<S: StateMachine>(db: &DB) -> Result<Option<Snapshot<TypeConfig<S>>>, StorageError> {
     let value = db
         .get_cf(cf(db, CF_SNAPSHOT)?, KEY_CURRENT_SNAPSHOT)
         .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
@@ -255,22 +266,22 @@ fn current_snapshot(db: &DB) -> Result<Option<Snapshot<TypeConfig>>, StorageErro
     }))
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for StateMachineStore<S> {
     #[tracing::instrument(level = "info", skip_all)]
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig<S>>, StorageError> {
         let db = self.db.clone();
         let build_no = self.builds.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let snapshot = blocking(move || build(&db, build_no)).await?;
-        metrics::counter!("ns_raft_snapshots_built_total").increment(1);
-        metrics::histogram!("ns_raft_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
+        let snapshot = blocking(move || build::<S>(&db, build_no)).await?;
+        metrics::counter!(metric::<S>("raft_snapshots_built_total")).increment(1);
+        metrics::histogram!(metric::<S>("raft_snapshot_build_seconds")).record(started.elapsed().as_secs_f64());
         tracing::info!(meta = %snapshot.meta, "snapshot built");
         Ok(snapshot)
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = StateMachineStore;
+impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
+    type SnapshotBuilder = StateMachineStore<S>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let db = self.db.clone();
@@ -278,21 +289,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<S::Response>, StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = Entry<S>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<Entry<S>> = entries.into_iter().collect();
         let count = entries.len() as u64;
         let db = self.db.clone();
         let started = Instant::now();
-        let result = blocking(move || apply_batch(&db, &entries)).await;
+        let result = blocking(move || apply_batch::<S>(&db, &entries)).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "applying committed entries failed: stopping this node");
         }
-        metrics::histogram!("ns_raft_apply_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("ns_raft_applied_entries_total").increment(count);
+        metrics::histogram!(metric::<S>("raft_apply_seconds")).record(started.elapsed().as_secs_f64());
+        metrics::counter!(metric::<S>("raft_applied_entries_total")).increment(count);
         result
     }
 
@@ -313,15 +324,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let db = self.db.clone();
         let owned_meta = meta.clone();
         let bytes = snapshot.into_inner();
-        blocking(move || install(&db, &owned_meta, bytes)).await?;
-        metrics::counter!("ns_raft_snapshots_installed_total").increment(1);
+        blocking(move || install::<S>(&db, &owned_meta, bytes)).await?;
+        metrics::counter!(metric::<S>("raft_snapshots_installed_total")).increment(1);
         tracing::info!("snapshot installed");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig<S>>>, StorageError> {
         let db = self.db.clone();
-        blocking(move || current_snapshot(&db)).await
+        blocking(move || current_snapshot::<S>(&db)).await
     }
 }
 
@@ -331,34 +342,27 @@ mod tests {
 
     use super::*;
     use crate::kv::KvRead;
-    use crate::namespace::{Command, NamespaceError, BUCKETS};
+    use crate::testing::{Counter, CounterCommand, COUNTERS};
 
-    fn bucket_entry(index: u64, name: &str) -> Entry {
+    fn add_entry(index: u64, key: &str, delta: i64) -> Entry<Counter> {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::CreateBucket {
-                name: name.into(),
-                owner: "o".into(),
-                created_ms: index,
-            }),
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+            payload: EntryPayload::Normal(CounterCommand::Add { key: key.into(), delta }),
         }
+    }
+
+    fn store(dir: &std::path::Path) -> StateMachineStore<Counter> {
+        StateMachineStore::new(crate::store::open(dir, Counter::TABLES).expect("open"))
     }
 
     #[tokio::test]
     async fn apply_is_one_batch_and_snapshot_round_trips() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut sm = StateMachineStore::new(crate::raft::store::open(dir.path()).expect("open"));
-        let entries = vec![
-            bucket_entry(1, "alpha"),
-            bucket_entry(2, "bravo"),
-            bucket_entry(3, "alpha"),
-        ];
+        let mut sm = store(dir.path());
+        let entries = vec![add_entry(1, "a", 5), add_entry(2, "b", 1), add_entry(3, "a", 2)];
         let responses = sm.apply(entries).await.expect("apply");
-        assert_eq!(responses[0], Response::Ok);
-        assert_eq!(
-            responses[2],
-            Response::Error(NamespaceError::BucketExists("alpha".into()))
-        );
+        assert_eq!(responses.iter().map(|r| r.value).collect::<Vec<_>>(), [5, 1, 7]);
+        assert_eq!(responses[2].applied_at, ApplyCtx { log_index: 3, term: 2 });
         let (applied, _) = sm.applied_state().await.expect("state");
         assert_eq!(applied.map(|l| l.index), Some(3));
 
@@ -366,27 +370,37 @@ mod tests {
         assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(3));
 
         let other_dir = tempfile::tempdir().expect("tempdir");
-        let mut other = StateMachineStore::new(crate::raft::store::open(other_dir.path()).expect("open"));
-        other.apply(vec![bucket_entry(1, "stale")]).await.expect("apply");
-        assert!(KvRead::get(&*other.db, BUCKETS, b"stale").expect("get").is_some());
+        let mut other = store(other_dir.path());
+        other.apply(vec![add_entry(1, "stale", 1)]).await.expect("apply");
+        assert!(KvRead::get(&*other.db, COUNTERS, b"stale").expect("get").is_some());
         other
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await
             .expect("install");
         assert!(
-            KvRead::get(&*other.db, BUCKETS, b"stale").expect("get").is_none(),
+            KvRead::get(&*other.db, COUNTERS, b"stale").expect("get").is_none(),
             "old state replaced"
         );
-        assert!(KvRead::get(&*other.db, BUCKETS, b"bravo").expect("get").is_some());
+        assert!(KvRead::get(&*other.db, COUNTERS, b"b").expect("get").is_some());
         let current = other.get_current_snapshot().await.expect("current").expect("some");
         assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(3));
         assert_eq!(other.applied_state().await.expect("state").0.map(|l| l.index), Some(3));
     }
 
     #[tokio::test]
+    async fn a_failing_apply_is_a_storage_error_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = store(dir.path());
+        let entries = vec![add_entry(1, "a", 5), add_entry(2, "a", i64::MAX)];
+        assert!(sm.apply(entries).await.is_err(), "overflow stops the node");
+        assert!(KvRead::get(&*sm.db, COUNTERS, b"a").expect("get").is_none());
+        assert_eq!(sm.applied_state().await.expect("state").0, None);
+    }
+
+    #[tokio::test]
     async fn corrupt_snapshot_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut sm = StateMachineStore::new(crate::raft::store::open(dir.path()).expect("open"));
+        let mut sm = store(dir.path());
         let meta = SnapshotMeta::default();
         let result = sm.install_snapshot(&meta, Box::new(Cursor::new(vec![0xff; 9]))).await;
         assert!(result.is_err());

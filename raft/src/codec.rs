@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(decode::<crate::raft::Entry>("entry", &[0xff; 5]).is_err());
-        assert!(decode::<crate::raft::Vote>("vote", &[]).is_err());
+        assert!(decode::<crate::LogId>("log id", &[0xff; 5]).is_err());
+        assert!(decode::<crate::Vote>("vote", &[]).is_err());
     }
 }

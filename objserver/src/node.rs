@@ -1,0 +1,162 @@
+//! A running object server: one RPC server (Raft routes of every hosted
+//! partition plus the object API), one Raft group per hosted partition,
+//! the cluster view refreshed from the name servers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tessera_common::ns_api::ObjServerHeartbeat;
+use tessera_common::ns_client::{NameServerClient, NsClientConfig};
+use tessera_common::pki::NodeIdentity;
+use tessera_common::rpc::{Router, RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use tessera_raft::{GroupId, GroupOptions, RaftGroup, Registry};
+use tokio::task::JoinHandle;
+
+use crate::cluster::ClusterView;
+use crate::config::ObjServerConfig;
+use crate::group_io::{GroupIo, GroupIoOptions};
+use crate::partition::{Partition, PartitionCtx};
+use crate::service::{self, Partitions};
+use crate::state::PartitionMachine;
+
+pub struct ObjServer {
+    node_id: u64,
+    server: RpcServer,
+    client: RpcClient,
+    partitions: Partitions,
+    cluster: ClusterView,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ObjServer {
+    /// Starts every partition this node replicates (bootstrapping those it
+    /// is the first replica of, once), then serves.
+    pub async fn start(config: ObjServerConfig) -> anyhow::Result<ObjServer> {
+        config.validate()?;
+        let identity = NodeIdentity::load(&config.certs_dir, &config.identity)
+            .with_context(|| format!("loading identity {:?}", config.identity))?;
+        let client = RpcClient::new(identity.clone(), RpcClientConfig::default()).context("creating the RPC client")?;
+        let ns = Arc::new(NameServerClient::new(
+            client.clone(),
+            config.nameservers.clone(),
+            NsClientConfig::default(),
+        ));
+        let cluster = ClusterView::new();
+        let refresh = Duration::from_millis(config.data.cluster_refresh_interval_ms);
+        let mut tasks = vec![tokio::spawn(cluster.clone().refresh_loop(ns.clone(), refresh))];
+        let io_options = GroupIoOptions {
+            read_deadline_ms: config.data.read_deadline_ms,
+            ..GroupIoOptions::default()
+        };
+        let io = Arc::new(GroupIo::new(client.clone(), io_options));
+        let registry = Arc::new(Registry::<PartitionMachine>::new());
+        let partitions = Partitions::default();
+        let router = service::routes(
+            tessera_raft::routes(Router::new(), registry.clone()),
+            partitions.clone(),
+        );
+        let server_config = RpcServerConfig {
+            shutdown_grace: Duration::from_secs(1),
+            ..RpcServerConfig::default()
+        };
+        let server = RpcServer::bind(config.listen, identity, router, server_config)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let beat = ObjServerHeartbeat {
+            node: config.node_id,
+            rpc_addr: config.listen.to_string(),
+            zone: config.zone.clone(),
+        };
+        tasks.push(tokio::spawn(ClusterView::announce_loop(ns.clone(), beat, refresh)));
+        let node = ObjServer {
+            node_id: config.node_id,
+            server,
+            client: client.clone(),
+            partitions: partitions.clone(),
+            cluster: cluster.clone(),
+            tasks: std::mem::take(&mut tasks),
+        };
+        let settings = config.data.partition_settings();
+        for (partition, replicas) in config.placement() {
+            if !replicas.iter().any(|p| p.id == config.node_id) {
+                continue;
+            }
+            let options = GroupOptions {
+                group: GroupId(u64::from(partition)),
+                node_id: config.node_id,
+                data_dir: config.data_dir.join("partitions").join(partition.to_string()),
+                tuning: config.raft.clone(),
+            };
+            let group = match RaftGroup::start(options, client.clone(), registry.clone()).await {
+                Ok(group) => group,
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(e.context(format!("starting partition {partition}")));
+                }
+            };
+            if replicas[0].id == config.node_id {
+                let members: BTreeMap<u64, String> = replicas.iter().map(|p| (p.id, p.addr.to_string())).collect();
+                if let Err(e) = group.bootstrap(members).await {
+                    group.shutdown().await;
+                    node.shutdown().await;
+                    return Err(anyhow::anyhow!("bootstrapping partition {partition}: {e}"));
+                }
+            }
+            let ctx = PartitionCtx {
+                partition,
+                raft: group.handle(),
+                io: io.clone(),
+                cluster: cluster.clone(),
+                ns: ns.clone(),
+                settings: settings.clone(),
+            };
+            partitions.insert(Partition::new(ctx, group));
+        }
+        tracing::info!(node = config.node_id, addr = %node.addr(), partitions = partitions.all().len(),
+            "object server serving");
+        Ok(node)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions.all()
+    }
+
+    pub fn cluster(&self) -> &ClusterView {
+        &self.cluster
+    }
+
+    /// Stops serving, then every partition, then the client.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.server.shutdown().await;
+        for partition in self.partitions.drain() {
+            partition.shutdown().await;
+        }
+        self.client.shutdown();
+        tracing::info!(node = self.node_id, "object server stopped");
+    }
+}
+
+/// `tessera objserver --config FILE`: runs until SIGINT/SIGTERM.
+pub async fn run(config: ObjServerConfig) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_listen {
+        tessera_common::telemetry::serve_metrics(addr)?;
+    }
+    let node = ObjServer::start(config).await?;
+    tessera_common::signal::wait_for_shutdown_signal().await?;
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,625 @@
+//! Object servers end to end on loopback, every part real: a name server
+//! (Raft on RocksDB), 6 chunk servers (files), object servers with their
+//! partitions' Raft groups, all over QUIC/TLS, driven through `OsClient`:
+//! writes and reads (EC 4+2), overwrite and trim, group commit of
+//! concurrent small writes, degraded reads with 2 chunk servers down, GC
+//! entries settled through the name servers' reap, and a partition leader
+//! killed mid-stream. Tests run one at a time: the box has 2 cores.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_chunkserver::config::ChunkServerConfig;
+use tessera_chunkserver::node::ChunkServer;
+use tessera_common::ns_api::{CommitCondition, CommitNameReq, StoragePolicy};
+use tessera_common::ns_client::{NameServerClient, NsClientConfig};
+use tessera_common::os_api::OsError;
+use tessera_common::os_client::{OsCallError, OsClient, OsClientConfig};
+use tessera_common::pki::{init_cluster, NodeIdentity};
+use tessera_common::rpc::{RpcClient, RpcClientConfig};
+use tessera_common::testing::{pattern, stable_loopback_addr};
+use tessera_nameserver::config::{BootstrapMember, ClusterSettings, NameServerConfig, RaftTuning};
+use tessera_nameserver::raft::RaftNode;
+use tessera_objserver::config::{DataSettings, ObjServerConfig, Peer};
+use tessera_objserver::node::ObjServer;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const CHUNK_SERVERS: usize = 6;
+const EC: StoragePolicy = StoragePolicy::Ec { k: 4, m: 2 };
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    certs: PathBuf,
+    ns: RaftNode,
+    chunk_servers: Vec<Option<ChunkServer>>,
+    obj_servers: Vec<Option<ObjServer>>,
+    os_configs: Vec<ObjServerConfig>,
+    client: OsClient<RpcClient>,
+    ns_client: NameServerClient<RpcClient>,
+}
+
+fn chunk_config(index: usize, certs: &Path, disk: &Path, ns: SocketAddr) -> ChunkServerConfig {
+    let text = format!(
+        r#"
+node_id = {node}
+listen = "127.0.0.1:0"
+certs_dir = "{certs}"
+identity = "cs{index}"
+name_servers = ["{ns}"]
+heartbeat_interval_ms = 200
+scrub_pass_interval_s = 3600
+
+[store]
+[[store.disks]]
+path = "{disk}"
+"#,
+        node = 100 + index,
+        certs = certs.display(),
+        disk = disk.display(),
+    );
+    ChunkServerConfig::parse(&text).expect("chunk server config")
+}
+
+impl Cluster {
+    /// 1 name server, 6 chunk servers, `os_count` object servers hosting
+    /// `partitions` partitions with `replicas` replicas each.
+    async fn start(os_count: usize, partitions: u32, replicas: usize, data: DataSettings) -> Cluster {
+        Cluster::start_with(CHUNK_SERVERS, os_count, partitions, replicas, data).await
+    }
+
+    async fn start_with(
+        cs_count: usize,
+        os_count: usize,
+        partitions: u32,
+        replicas: usize,
+        data: DataSettings,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        let mut names: Vec<String> = vec!["ns1".into(), "client".into()];
+        names.extend((0..cs_count).map(|i| format!("cs{i}")));
+        names.extend((0..os_count).map(|i| format!("os{i}")));
+        init_cluster(&certs, &names).expect("certs");
+
+        let ns_addr = stable_loopback_addr();
+        let ns = RaftNode::start(NameServerConfig {
+            node_id: 1,
+            listen: ns_addr,
+            advertise: None,
+            data_dir: dir.path().join("ns1"),
+            certs_dir: certs.clone(),
+            identity: "ns1".into(),
+            metrics_listen: None,
+            raft: RaftTuning::loopback(),
+            bootstrap: vec![BootstrapMember { id: 1, addr: ns_addr }],
+            cluster: ClusterSettings::loopback(),
+        })
+        .await
+        .expect("start name server");
+
+        let mut chunk_servers = Vec::new();
+        for index in 0..cs_count {
+            let disk = dir.path().join(format!("disk{index}"));
+            std::fs::create_dir_all(&disk).expect("mkdir");
+            let config = chunk_config(index, &certs, &disk, ns_addr);
+            chunk_servers.push(Some(ChunkServer::start(config).await.expect("start chunk server")));
+        }
+
+        let peers: Vec<Peer> = (0..os_count)
+            .map(|i| Peer {
+                id: 10 + i as u64,
+                addr: stable_loopback_addr(),
+            })
+            .collect();
+        let os_configs: Vec<ObjServerConfig> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, peer)| ObjServerConfig {
+                node_id: peer.id,
+                listen: peer.addr,
+                data_dir: dir.path().join(format!("os{i}")),
+                certs_dir: certs.clone(),
+                identity: format!("os{i}"),
+                zone: "default".into(),
+                nameservers: vec![ns_addr],
+                partitions,
+                replicas,
+                objservers: peers.clone(),
+                metrics_listen: None,
+                raft: RaftTuning::loopback(),
+                data: data.clone(),
+            })
+            .collect();
+        let starts = os_configs.iter().cloned().map(ObjServer::start);
+        let obj_servers = futures::future::try_join_all(starts)
+            .await
+            .expect("start object servers")
+            .into_iter()
+            .map(Some)
+            .collect();
+
+        let identity = NodeIdentity::load(&certs, "client").expect("identity");
+        let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+        let client = OsClient::new(
+            transport.clone(),
+            peers.iter().map(|p| p.addr).collect(),
+            partitions,
+            OsClientConfig::default(),
+        );
+        let ns_client = NameServerClient::new(transport, vec![ns_addr], NsClientConfig::default());
+        let cluster = Cluster {
+            dir,
+            certs,
+            ns,
+            chunk_servers,
+            obj_servers,
+            os_configs,
+            client,
+            ns_client,
+        };
+        cluster.wait_for_chunk_servers(cs_count).await;
+        cluster
+    }
+
+    /// Until every object server sees `count` live chunk servers.
+    async fn wait_for_chunk_servers(&self, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let seen: Vec<usize> = self
+                .obj_servers
+                .iter()
+                .flatten()
+                .map(|os| os.cluster().chunk_servers().len())
+                .collect();
+            if seen.iter().all(|n| *n == count) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "object servers see {seen:?} chunk servers, want {count}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop_chunk_server(&mut self, index: usize) {
+        let server = self.chunk_servers[index].take().expect("running");
+        server.shutdown().await;
+    }
+
+    async fn shutdown(mut self) {
+        for os in self.obj_servers.iter_mut() {
+            if let Some(os) = os.take() {
+                os.shutdown().await;
+            }
+        }
+        for cs in self.chunk_servers.iter_mut() {
+            if let Some(cs) = cs.take() {
+                cs.shutdown().await;
+            }
+        }
+        self.ns.shutdown().await;
+        let _ = (&self.dir, &self.certs, &self.os_configs);
+    }
+}
+
+fn uid(n: u64) -> u128 {
+    (u128::from(n) << 64) | u128::from(n.wrapping_mul(0x2545_F491_4F6C_DD1D))
+}
+
+/// Stripes recorded in the first `partitions` partitions.
+async fn stripes(client: &OsClient<RpcClient>, partitions: u32) -> u64 {
+    let mut total = 0;
+    for partition in 0..partitions {
+        let status = client.partition_status(partition).await.expect("status");
+        total += status.groups.iter().map(|g| g.stripes).sum::<u64>();
+    }
+    total
+}
+
+fn fast_data() -> DataSettings {
+    DataSettings {
+        gc_scan_interval_ms: 100,
+        cluster_refresh_interval_ms: 200,
+        ..DataSettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_read_back_exactly_including_overwrites_trims_and_degraded_reads() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(1, 2, 1, fast_data()).await;
+    let client = cluster.client.clone();
+    let id = uid(1);
+    client.open_write(id, 8 << 20, EC, WAIT).await.expect("open");
+    let original = pattern(1, (9 << 20) + 123);
+    let size = client.write(id, 0, original.clone()).await.expect("write");
+    assert_eq!(size, original.len() as u64);
+    let back = client.read(id, 0, original.len() as u64).await.expect("read");
+    assert!(back == original, "whole object reads back");
+    for (offset, len) in [(0u64, 1u64), (4095, 2), (1 << 20, 3 << 20), ((9 << 20) + 100, 23)] {
+        let got = client.read(id, offset, len).await.expect("range");
+        assert!(
+            got == original.slice(offset as usize..(offset + len) as usize),
+            "range {offset}+{len}"
+        );
+    }
+
+    // Overwrite a range in the middle, trim another: a log-structured map.
+    let patch = pattern(2, 10_000);
+    client.write(id, 5_000, patch.clone()).await.expect("overwrite");
+    client.trim(id, 100_000, 4_096).await.expect("trim");
+    let mut expected = original.to_vec();
+    expected[5_000..15_000].copy_from_slice(&patch);
+    expected[100_000..104_096].fill(0);
+    let got = client.read(id, 0, 200_000).await.expect("read after patch");
+    assert!(got[..] == expected[..200_000], "overwrite and trim visible");
+    let stat = client.stat(id).await.expect("stat");
+    assert_eq!(stat.size_bytes, original.len() as u64);
+    assert_eq!(stat.mapped_bytes, original.len() as u64 - 4_096);
+    assert!(stat.unconfirmed);
+    client.confirm(id).await.expect("confirm");
+    assert!(!client.stat(id).await.expect("stat").unconfirmed);
+
+    // 32 concurrent small writers share stripes (group commit).
+    let stripes_before = stripes(&client, 2).await;
+    let writers = (0..32u64).map(|n| {
+        let client = client.clone();
+        async move {
+            let small = uid(100 + n);
+            client.open_write(small, 4096, EC, WAIT).await.expect("open small");
+            let body = pattern(100 + n, 3000 + n as usize);
+            client.write(small, 0, body.clone()).await.expect("write small");
+            (small, body)
+        }
+    });
+    let smalls = futures::future::join_all(writers).await;
+    for (small, body) in &smalls {
+        assert!(client.read(*small, 0, body.len() as u64).await.expect("read small") == *body);
+    }
+    let small_stripes = stripes(&client, 2).await - stripes_before;
+    assert!(
+        small_stripes < 32,
+        "32 concurrent small writes took {small_stripes} stripes"
+    );
+    let mut groups_written = 0;
+    for partition in 0..2 {
+        let status = client.partition_status(partition).await.expect("status");
+        groups_written += status.groups.iter().map(|g| g.written_bytes).sum::<u64>();
+        for g in &status.groups {
+            assert!(g.live_bytes <= g.written_bytes);
+        }
+    }
+    assert!(groups_written >= original.len() as u64 + 10_000);
+
+    // Two chunk servers down: every byte still reads (decoded from parity).
+    cluster.stop_chunk_server(0).await;
+    cluster.stop_chunk_server(3).await;
+    let degraded = client.read(id, 0, 200_000).await.expect("degraded read");
+    assert!(
+        degraded[..] == expected[..200_000],
+        "degraded read returns the same bytes"
+    );
+    for (small, body) in smalls.iter().take(4) {
+        assert!(client.read(*small, 0, body.len() as u64).await.expect("degraded small") == *body);
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_gc_entries_are_freed_or_kept_as_the_name_servers_answer() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, 1, 1, fast_data()).await;
+    let client = cluster.client.clone();
+    let ns = &cluster.ns_client;
+    ns.create_bucket("bkt", "owner", EC).await.expect("bucket");
+    let ttl = Duration::from_millis(300);
+
+    // Abandoned: data written, no name ever committed.
+    let abandoned = uid(7);
+    client.open_write(abandoned, 1000, EC, ttl).await.expect("open");
+    client.write(abandoned, 0, pattern(7, 1000)).await.expect("write");
+
+    // Named, but the confirm was lost.
+    let named = uid(8);
+    ns.create_guard("bkt", "k", named, Duration::from_secs(30))
+        .await
+        .expect("guard");
+    client.open_write(named, 1000, EC, ttl).await.expect("open");
+    client.write(named, 0, pattern(8, 1000)).await.expect("write");
+    let commit = CommitNameReq {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        uid: named,
+        size: 1000,
+        etag: "\"e\"".into(),
+        content_type: None,
+        user_meta: Vec::new(),
+        partition: client.partition_of(named),
+        condition: CommitCondition::None,
+    };
+    ns.commit_name(&commit).await.expect("commit");
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let gone = matches!(client.stat(abandoned).await, Err(OsCallError::Os(OsError::NoSuchUid)));
+        let confirmed = client.stat(named).await.is_ok_and(|s| !s.unconfirmed);
+        if gone && confirmed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GC did not settle: gone={gone} confirmed={confirmed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(client.read(named, 0, 1000).await.expect("named data kept") == pattern(8, 1000));
+    let status = client.partition_status(0).await.expect("status");
+    assert_eq!(status.gc_entries, 0);
+    assert_eq!(status.objects, 1);
+    assert_eq!(status.reserved_bytes, 0, "reservations released");
+    let live: u64 = status.groups.iter().map(|g| g.live_bytes).sum();
+    assert_eq!(live, 1000, "only the named object's bytes are live");
+    // The reaped uid can never be named now.
+    let late = CommitNameReq {
+        key: "late".into(),
+        uid: abandoned,
+        ..commit
+    };
+    assert!(ns.commit_name(&late).await.is_err(), "a reaped uid cannot be committed");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_survives_its_leader_and_the_new_leader_seals_the_old_group() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, 1, 3, fast_data()).await;
+    let client = cluster.client.clone();
+    let id = uid(9);
+    client.open_write(id, 1 << 20, EC, WAIT).await.expect("open");
+    let first = pattern(9, 300_000);
+    client.write(id, 0, first.clone()).await.expect("first write");
+    let before = client.partition_status(0).await.expect("status");
+    let leader = before.leader.expect("a leader");
+
+    let index = cluster
+        .obj_servers
+        .iter()
+        .position(|os| os.as_ref().is_some_and(|os| os.node_id() == leader))
+        .expect("leader is one of ours");
+    cluster.obj_servers[index].take().expect("running").shutdown().await;
+
+    let second = pattern(10, 200_000);
+    client
+        .write(id, 300_000, second.clone())
+        .await
+        .expect("write after failover");
+    let after = client.partition_status(0).await.expect("status");
+    assert_ne!(after.leader, Some(leader));
+    assert!(
+        after.epoch > before.epoch,
+        "a new term: {} -> {}",
+        before.epoch,
+        after.epoch
+    );
+    let old_group = &after.groups[0];
+    assert_eq!(old_group.state, "sealed", "the deposed leader's group is sealed");
+    assert!(
+        after.groups.iter().any(|g| g.state == "open"),
+        "the new leader writes to a new group"
+    );
+    let all = client.read(id, 0, 500_000).await.expect("read all");
+    assert!(all[..300_000] == first[..] && all[300_000..] == second[..]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sparse_sealed_groups_are_compacted_and_released_while_io_goes_on() {
+    let _serial = SERIAL.lock().await;
+    let data = DataSettings {
+        // Small chunks so a few writes fill and seal groups.
+        stripe_data_bytes_max: 128 << 10,
+        chunk_bytes_max: 128 << 10,
+        compaction_interval_ms: 200,
+        release_grace_ms: 300,
+        ..fast_data()
+    };
+    let cluster = Cluster::start(1, 1, 1, data).await;
+    let client = cluster.client.clone();
+    let keep = uid(20);
+    let drop = uid(21);
+    client.open_write(keep, 1 << 20, EC, WAIT).await.expect("open");
+    client.open_write(drop, 1 << 20, EC, WAIT).await.expect("open");
+    // Confirmed, so GC never reaps them while the test runs.
+    client.confirm(keep).await.expect("confirm");
+    client.confirm(drop).await.expect("confirm");
+    let keep_body = pattern(20, 300_000);
+    // Interleave the two uids so every early group holds both, with a third
+    // of each group's bytes belonging to `keep`.
+    for piece in 0..6u64 {
+        let at = (piece * 50_000) as usize;
+        client
+            .write(keep, at as u64, keep_body.slice(at..at + 50_000))
+            .await
+            .expect("write keep");
+        client
+            .write(drop, piece * 100_000, pattern(21 + piece, 100_000))
+            .await
+            .expect("write drop");
+    }
+    client.delete(drop).await.expect("delete");
+    let sealed_before: Vec<u64> = client
+        .partition_status(0)
+        .await
+        .expect("status")
+        .groups
+        .iter()
+        .filter(|g| g.state == "sealed")
+        .map(|g| g.id)
+        .collect();
+    assert!(!sealed_before.is_empty(), "small chunks sealed some groups");
+
+    // Reads and writes go on while compaction runs.
+    let deadline = Instant::now() + WAIT;
+    let mut round = 0u64;
+    loop {
+        let got = client
+            .read(keep, 0, keep_body.len() as u64)
+            .await
+            .expect("read during compaction");
+        assert!(got == keep_body, "reads stay exact during compaction (round {round})");
+        let extra = uid(1000 + round);
+        client.open_write(extra, 10, EC, WAIT).await.expect("open extra");
+        client
+            .write(extra, 0, pattern(round, 10))
+            .await
+            .expect("write during compaction");
+        round += 1;
+        let status = client.partition_status(0).await.expect("status");
+        let done = sealed_before.iter().all(|id| {
+            status
+                .groups
+                .iter()
+                .any(|g| g.id == *id && g.state == "released" && g.live_bytes == 0)
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "groups {sealed_before:?} not released: {:?}",
+            status.groups
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = client.read(keep, 0, keep_body.len() as u64).await.expect("read after");
+    assert!(got == keep_body);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fragments_on_a_dead_chunk_server_are_rebuilt_elsewhere() {
+    let _serial = SERIAL.lock().await;
+    let data = DataSettings {
+        repair_interval_ms: 200,
+        ..fast_data()
+    };
+    let mut cluster = Cluster::start_with(7, 1, 1, 1, data).await;
+    let client = cluster.client.clone();
+    let id = uid(30);
+    client.open_write(id, 1 << 20, EC, WAIT).await.expect("open");
+    let body = pattern(30, (3 << 20) + 77);
+    client.write(id, 0, body.clone()).await.expect("write");
+    let before = cluster.obj_servers[0].as_ref().expect("running").partitions()[0]
+        .placements()
+        .await;
+    let used: Vec<u64> = before[0].fragments.iter().map(|f| f.node.0).collect();
+    let victim = used[1];
+    cluster.stop_chunk_server((victim - 100) as usize).await;
+
+    // The name server declares it dead; the leader seals the open group
+    // and rebuilds the lost fragment on the seventh server.
+    let deadline = Instant::now() + WAIT;
+    let repaired = loop {
+        let now = cluster.obj_servers[0].as_ref().expect("running").partitions()[0]
+            .placements()
+            .await;
+        let group = now.iter().find(|g| g.id == before[0].id).expect("group").clone();
+        if group.fragments.iter().all(|f| f.node.0 != victim) {
+            break group;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fragment on {victim} not repaired: {group:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let spare = repaired.fragments[1].node.0;
+    assert!(!used.contains(&spare), "rebuilt on the spare server, not {used:?}");
+
+    // Lose two more original servers: parity plus the rebuilt fragment
+    // still cover every byte.
+    for gone in [used[0], used[2]] {
+        cluster.stop_chunk_server((gone - 100) as usize).await;
+    }
+    let got = client
+        .read(id, 0, body.len() as u64)
+        .await
+        .expect("read after repair and two more losses");
+    assert!(got == body, "every byte survives");
+    cluster.shutdown().await;
+}
+
+/// Guard, GC entry, data, name commit, confirm: DESIGN §4 through the
+/// real services.
+async fn put(cluster: &Cluster, key: &str, id: u128, body: Bytes) {
+    let ns = &cluster.ns_client;
+    let client = &cluster.client;
+    ns.create_guard("bkt", key, id, Duration::from_secs(30))
+        .await
+        .expect("guard");
+    client.open_write(id, body.len() as u64, EC, WAIT).await.expect("open");
+    client.write(id, 0, body.clone()).await.expect("write");
+    let commit = CommitNameReq {
+        bucket: "bkt".into(),
+        key: key.into(),
+        uid: id,
+        size: body.len() as u64,
+        etag: format!("\"{id:x}\""),
+        content_type: None,
+        user_meta: Vec::new(),
+        partition: client.partition_of(id),
+        condition: CommitCondition::None,
+    };
+    ns.commit_name(&commit).await.expect("commit");
+    client.confirm(id).await.expect("confirm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overwritten_and_deleted_names_free_their_data_through_the_pending_delete_queue() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, 2, 1, fast_data()).await;
+    cluster
+        .ns_client
+        .create_bucket("bkt", "owner", EC)
+        .await
+        .expect("bucket");
+    let (first, second, third) = (uid(40), uid(41), uid(42));
+    put(&cluster, "k", first, pattern(40, 5000)).await;
+    put(&cluster, "k", second, pattern(41, 6000)).await; // overwrites first
+    put(&cluster, "other", third, pattern(42, 7000)).await;
+    cluster
+        .ns_client
+        .delete_name("bkt", "other")
+        .await
+        .expect("delete name");
+
+    let client = &cluster.client;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let gone = |r: Result<_, OsCallError>| matches!(r, Err(OsCallError::Os(OsError::NoSuchUid)));
+        let first_gone = gone(client.stat(first).await);
+        let third_gone = gone(client.stat(third).await);
+        if first_gone && third_gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pending deletes not handed off: first gone {first_gone}, third gone {third_gone}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let current = cluster
+        .ns_client
+        .get_object("bkt", "k")
+        .await
+        .expect("get")
+        .expect("named");
+    assert_eq!(current.uid, second);
+    assert!(client.read(second, 0, 6000).await.expect("current data") == pattern(41, 6000));
+    cluster.shutdown().await;
+}
