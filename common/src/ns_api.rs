@@ -227,6 +227,8 @@ pub struct NodeInfo {
     pub heartbeat_age_ms: u64,
     /// Heard from within the leader's liveness timeout.
     pub alive: bool,
+    /// Chunks this (chunk) server reported corrupt in its last heartbeat.
+    pub corrupt_chunks: Vec<u64>,
 }
 
 /// An object server announcing itself to the cluster map.

@@ -306,7 +306,10 @@ impl Api {
     /// monotonic clock.
     async fn record_heartbeat(&self, hb: ChunkServerHeartbeat) -> Result<(), NsError> {
         let at_ms = u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX);
-        self.record_node(node_record(hb, at_ms)).await
+        let (node, corrupt) = (hb.node.0, hb.corrupt_chunks.iter().map(|c| c.0).collect());
+        self.record_node(node_record(hb, at_ms)).await?;
+        self.liveness.report_corrupt(node, corrupt);
+        Ok(())
     }
 
     /// Records a node's heartbeat in the cluster map and in this leader's

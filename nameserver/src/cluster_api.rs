@@ -14,11 +14,13 @@ use tessera_common::ns_api::{self, ClusterMap, NodeInfo, NsError, PartitionRepli
 use crate::namespace::{NodeRecord, NodeRole, Query, QueryResponse};
 use crate::raft::NsGroup;
 
-/// When each node was last heard from, in the current term.
+/// When each node was last heard from, in the current term, and the
+/// corrupt chunks each chunk server last reported.
 pub struct Liveness {
     timeout: Duration,
     heartbeat_interval_ms: u64,
     state: Mutex<(u64, Instant, HashMap<u64, Instant>)>,
+    corrupt: Mutex<HashMap<u64, Vec<u64>>>,
 }
 
 impl Liveness {
@@ -29,7 +31,23 @@ impl Liveness {
             timeout,
             heartbeat_interval_ms,
             state: Mutex::new((0, Instant::now(), HashMap::new())),
+            corrupt: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Replaces the corrupt chunks `node` reports.
+    pub fn report_corrupt(&self, node: u64, chunks: Vec<u64>) {
+        let mut corrupt = self.corrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if chunks.is_empty() {
+            corrupt.remove(&node);
+        } else {
+            corrupt.insert(node, chunks);
+        }
+    }
+
+    fn corrupt_of(&self, node: u64) -> Vec<u64> {
+        let corrupt = self.corrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        corrupt.get(&node).cloned().unwrap_or_default()
     }
 
     /// The heartbeat interval nodes are asked for.
@@ -73,6 +91,7 @@ fn role(role: NodeRole) -> ns_api::NodeRole {
 
 fn node_info(record: NodeRecord, liveness: &Liveness, term: u64) -> NodeInfo {
     let (age, alive) = liveness.judge(term, record.node_id);
+    let corrupt_chunks = liveness.corrupt_of(record.node_id);
     NodeInfo {
         id: record.node_id,
         role: role(record.role),
@@ -83,6 +102,7 @@ fn node_info(record: NodeRecord, liveness: &Liveness, term: u64) -> NodeInfo {
         healthy: record.healthy,
         heartbeat_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
         alive,
+        corrupt_chunks,
     }
 }
 

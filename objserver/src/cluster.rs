@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tessera_common::ids::NodeId;
+use tessera_common::ids::{ChunkId, NodeId};
 use tessera_common::ns_api::{NodeInfo, NodeRole, ObjServerHeartbeat};
 use tessera_common::ns_client::NameServerClient;
 use tessera_common::rpc::RpcClient;
@@ -27,10 +27,12 @@ pub enum PlacementError {
     NotEnoughServers { wanted: usize, live: usize },
 }
 
-/// The chunk servers as last heard from the name servers. Cheap to clone.
+/// The chunk servers as last heard from the name servers, and the chunks
+/// they report corrupt. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct ClusterView {
     servers: Arc<RwLock<Vec<ChunkServerInfo>>>,
+    corrupt: Arc<RwLock<BTreeSet<(NodeId, ChunkId)>>>,
 }
 
 impl ClusterView {
@@ -45,6 +47,21 @@ impl ClusterView {
     pub fn set(&self, servers: Vec<ChunkServerInfo>) {
         if let Ok(mut current) = self.servers.write() {
             *current = servers;
+        }
+    }
+
+    /// Whether `node` reported `chunk` corrupt.
+    pub fn is_corrupt(&self, node: NodeId, chunk: ChunkId) -> bool {
+        self.corrupt.read().map(|c| c.contains(&(node, chunk))).unwrap_or(false)
+    }
+
+    fn set_corrupt(&self, nodes: &[NodeInfo]) {
+        let reported = nodes
+            .iter()
+            .flat_map(|n| n.corrupt_chunks.iter().map(move |c| (NodeId(n.id), ChunkId(*c))))
+            .collect();
+        if let Ok(mut current) = self.corrupt.write() {
+            *current = reported;
         }
     }
 
@@ -74,7 +91,10 @@ impl ClusterView {
     pub async fn refresh_loop(self, ns: Arc<NameServerClient<RpcClient>>, interval: Duration) {
         loop {
             match ns.cluster_map().await {
-                Ok(map) => self.set(Self::from_nodes(&map.nodes)),
+                Ok(map) => {
+                    self.set(Self::from_nodes(&map.nodes));
+                    self.set_corrupt(&map.nodes);
+                }
                 Err(e) => tracing::debug!(error = %e, "cluster map refresh failed"),
             }
             tokio::time::sleep(interval).await;

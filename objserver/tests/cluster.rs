@@ -265,6 +265,23 @@ async fn writes_read_back_exactly_including_overwrites_trims_and_degraded_reads(
     client.confirm(id).await.expect("confirm");
     assert!(!client.stat(id).await.expect("stat").unconfirmed);
 
+    // Objects of every size class, 0 B to 100 MiB, read back exactly.
+    for (n, len) in [0usize, 1, 4096, 1 << 20, 100 << 20].into_iter().enumerate() {
+        let sized = uid(50 + n as u64);
+        client
+            .open_write(sized, len as u64, EC, WAIT)
+            .await
+            .expect("open sized");
+        let body = pattern(50 + n as u64, len);
+        assert_eq!(
+            client.write(sized, 0, body.clone()).await.expect("write sized"),
+            len as u64
+        );
+        let back = client.read(sized, 0, len as u64).await.expect("read sized");
+        assert!(back == body, "object of {len} bytes reads back");
+        client.delete(sized).await.expect("delete sized");
+    }
+
     // 32 concurrent small writers share stripes (group commit).
     let stripes_before = stripes(&client, 2).await;
     let writers = (0..32u64).map(|n| {
@@ -386,6 +403,31 @@ async fn a_partition_survives_its_leader_and_the_new_leader_seals_the_old_group(
     let before = client.partition_status(0).await.expect("status");
     let leader = before.leader.expect("a leader");
 
+    // A writer streams 64 KiB pieces of another uid while the leader dies:
+    // each write either completes (and must read back) or fails cleanly.
+    let streamed = uid(11);
+    client
+        .open_write(streamed, 1 << 20, EC, WAIT)
+        .await
+        .expect("open streamed");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut piece = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let result = client
+                    .write(streamed, piece * 65_536, pattern(1_000 + piece, 65_536))
+                    .await;
+                outcomes.push((piece, result.is_ok()));
+                piece += 1;
+            }
+            outcomes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     let index = cluster
         .obj_servers
         .iter()
@@ -414,6 +456,25 @@ async fn a_partition_survives_its_leader_and_the_new_leader_seals_the_old_group(
     );
     let all = client.read(id, 0, 500_000).await.expect("read all");
     assert!(all[..300_000] == first[..] && all[300_000..] == second[..]);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = writer.await.expect("writer task");
+    let acked: Vec<u64> = outcomes.iter().filter(|(_, ok)| *ok).map(|(p, _)| *p).collect();
+    assert!(
+        acked.len() >= 2,
+        "the stream wrote before and after the failover: {outcomes:?}"
+    );
+    for piece in acked {
+        let got = client
+            .read(streamed, piece * 65_536, 65_536)
+            .await
+            .expect("read streamed");
+        assert!(
+            got == pattern(1_000 + piece, 65_536),
+            "acknowledged piece {piece} reads back"
+        );
+    }
     cluster.shutdown().await;
 }
 
@@ -502,46 +563,53 @@ async fn sparse_sealed_groups_are_compacted_and_released_while_io_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fragments_on_a_dead_chunk_server_are_rebuilt_elsewhere() {
+async fn fragments_on_two_dead_chunk_servers_are_rebuilt_elsewhere() {
     let _serial = SERIAL.lock().await;
     let data = DataSettings {
         repair_interval_ms: 200,
         ..fast_data()
     };
-    let mut cluster = Cluster::start_with(7, 1, 1, 1, data).await;
+    let mut cluster = Cluster::start_with(8, 1, 1, 1, data).await;
     let client = cluster.client.clone();
     let id = uid(30);
     client.open_write(id, 1 << 20, EC, WAIT).await.expect("open");
     let body = pattern(30, (3 << 20) + 77);
     client.write(id, 0, body.clone()).await.expect("write");
-    let before = cluster.obj_servers[0].as_ref().expect("running").partitions()[0]
-        .placements()
-        .await;
+    let placements = |cluster: &Cluster| {
+        let partition = cluster.obj_servers[0].as_ref().expect("running").partitions()[0].clone();
+        async move { partition.placements().await }
+    };
+    let before = placements(&cluster).await;
     let used: Vec<u64> = before[0].fragments.iter().map(|f| f.node.0).collect();
-    let victim = used[1];
-    cluster.stop_chunk_server((victim - 100) as usize).await;
+    let victims = [used[1], used[4]];
+    for victim in victims {
+        cluster.stop_chunk_server((victim - 100) as usize).await;
+    }
+    // Two servers down at once: every byte still reads (decoded).
+    let got = client.read(id, 0, body.len() as u64).await.expect("read with two down");
+    assert!(got == body, "reads survive m lost servers");
 
-    // The name server declares it dead; the leader seals the open group
-    // and rebuilds the lost fragment on the seventh server.
+    // The name server declares them dead; the leader seals the open group
+    // and rebuilds both lost fragments on the two spare servers.
     let deadline = Instant::now() + WAIT;
     let repaired = loop {
-        let now = cluster.obj_servers[0].as_ref().expect("running").partitions()[0]
-            .placements()
-            .await;
+        let now = placements(&cluster).await;
         let group = now.iter().find(|g| g.id == before[0].id).expect("group").clone();
-        if group.fragments.iter().all(|f| f.node.0 != victim) {
+        if group.fragments.iter().all(|f| !victims.contains(&f.node.0)) {
             break group;
         }
         assert!(
             Instant::now() < deadline,
-            "fragment on {victim} not repaired: {group:?}"
+            "fragments on {victims:?} not repaired: {group:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let spare = repaired.fragments[1].node.0;
-    assert!(!used.contains(&spare), "rebuilt on the spare server, not {used:?}");
+    let now_used: std::collections::BTreeSet<u64> = repaired.fragments.iter().map(|f| f.node.0).collect();
+    assert_eq!(now_used.len(), 6, "six fragments on six distinct servers: {now_used:?}");
+    let status = client.partition_status(0).await.expect("status");
+    assert_eq!(status.repair_pending_bytes, 0, "nothing left to repair");
 
-    // Lose two more original servers: parity plus the rebuilt fragment
+    // Lose two more original servers: parity plus the rebuilt fragments
     // still cover every byte.
     for gone in [used[0], used[2]] {
         cluster.stop_chunk_server((gone - 100) as usize).await;
@@ -621,5 +689,72 @@ async fn overwritten_and_deleted_names_free_their_data_through_the_pending_delet
         .expect("named");
     assert_eq!(current.uid, second);
     assert!(client.read(second, 0, 6000).await.expect("current data") == pattern(41, 6000));
+    cluster.shutdown().await;
+}
+
+/// Flips one bit of `needle`'s first copy in the chunk file of `chunk`.
+fn flip_a_bit_of(disk: &Path, chunk: u64, needle: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let path = disk.join("chunks").join(format!("{chunk:016x}.chunk"));
+    let bytes = std::fs::read(&path).expect("read chunk file");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("fragment bytes are stored verbatim");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open chunk file");
+    file.write_all_at(&[needle[1] ^ 0x10], (at + 1) as u64)
+        .expect("write chunk file");
+    file.sync_all().expect("sync chunk file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupted_fragment_reads_correctly_and_is_rebuilt() {
+    let _serial = SERIAL.lock().await;
+    let data = DataSettings {
+        repair_interval_ms: 200,
+        ..fast_data()
+    };
+    let mut cluster = Cluster::start(1, 1, 1, data).await;
+    let client = cluster.client.clone();
+    let id = uid(60);
+    client.open_write(id, 1 << 20, EC, WAIT).await.expect("open");
+    let body = pattern(60, 1 << 20);
+    client.write(id, 0, body.clone()).await.expect("write");
+    let partition = cluster.obj_servers[0].as_ref().expect("running").partitions()[0].clone();
+    let before = partition.placements().await[0].clone();
+    let damaged = before.fragments[0].clone();
+    let disk = cluster.dir.path().join(format!("disk{}", damaged.node.0 - 100));
+    flip_a_bit_of(&disk, damaged.chunk.0, &body[..64]);
+
+    // The read decodes around the bad block; its chunk server remembers the
+    // chunk as corrupt and reports it; the leader rebuilds the fragment.
+    let got = client
+        .read(id, 0, body.len() as u64)
+        .await
+        .expect("read with a bad block");
+    assert!(got == body, "the bad block is never returned");
+    let deadline = Instant::now() + WAIT;
+    let repaired = loop {
+        let now = partition.placements().await[0].clone();
+        if now.fragments[0].chunk != damaged.chunk {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "corrupt fragment not rebuilt: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        repaired.fragments[0].node, damaged.node,
+        "six servers: the copy goes back to the same one"
+    );
+    // Lose two other servers: the rebuilt fragment must be right.
+    for index in [1, 2] {
+        let node = repaired.fragments[index].node.0;
+        cluster.stop_chunk_server((node - 100) as usize).await;
+    }
+    let got = client.read(id, 0, body.len() as u64).await.expect("read after repair");
+    assert!(got == body, "the rebuilt fragment holds the right bytes");
     cluster.shutdown().await;
 }

@@ -1,7 +1,9 @@
 //! The leader's repair of chunk groups (DESIGN §5): a fragment whose chunk
-//! server the name servers no longer list as live is rebuilt, byte column
-//! by byte column, from `k` surviving fragments onto another chunk server,
-//! and the group's placement switches to it. Reed-Solomon works per byte
+//! server the name servers no longer list as live, or whose chunk its
+//! server reported corrupt (scrub or a read found a bad block), is rebuilt,
+//! byte column by byte column, from `k` other fragments onto a chunk server
+//! outside the group (a corrupt chunk's own, still live server may take the
+//! new copy), and the group's placement switches to it. Reed-Solomon works per byte
 //! column and every stripe sits at the same offset of every chunk, so a
 //! chunk is rebuilt in fixed blocks without knowing stripe boundaries.
 //! Open groups with a lost fragment are sealed first; repair is throttled
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use tessera_common::ids::{ChunkId, Epoch, NodeId};
 
 use super::{writer, Partition};
+use crate::cluster::ClusterView;
 use crate::placement::{FragmentLoc, GroupId, GroupPlacement, Redundancy, StripeLoc};
 use crate::state::{Command, GroupRecord, GroupState, Query, QueryResponse, Response};
 
@@ -44,7 +47,7 @@ async fn pass(partition: &Partition, term: u64) -> Result<(), String> {
     };
     let mut pending = 0u64;
     for (id, record) in &groups {
-        let lost: Vec<usize> = lost_fragments(record, &live);
+        let lost: Vec<usize> = lost_fragments(record, &live, &partition.ctx.cluster);
         if lost.is_empty() || !matches!(record.state, GroupState::Open { .. } | GroupState::Sealed) {
             continue;
         }
@@ -60,8 +63,12 @@ async fn pass(partition: &Partition, term: u64) -> Result<(), String> {
                 .map_err(|stop| stop.0.to_string())?;
             continue; // repaired on the next pass, once sealed
         }
+        // Each repair sees the fragments placed by the previous ones, so two
+        // rebuilt fragments never land on one server.
+        let mut current = record.clone();
         for index in lost {
-            repair_fragment(partition, *id, record, index, term).await?;
+            let new = repair_fragment(partition, *id, &current, index, term).await?;
+            current.placement.fragments[index] = new;
             pending -= 1;
         }
     }
@@ -69,23 +76,36 @@ async fn pass(partition: &Partition, term: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn lost_fragments(record: &GroupRecord, live: &BTreeSet<NodeId>) -> Vec<usize> {
-    (0..record.placement.fragments.len())
-        .filter(|i| !live.contains(&record.placement.fragments[*i].node))
+/// Fragments on servers not live, or reported corrupt by their server.
+fn lost_fragments(record: &GroupRecord, live: &BTreeSet<NodeId>, cluster: &ClusterView) -> Vec<usize> {
+    let fragments = &record.placement.fragments;
+    (0..fragments.len())
+        .filter(|i| {
+            let f = &fragments[*i];
+            !live.contains(&f.node) || cluster.is_corrupt(f.node, f.chunk)
+        })
         .collect()
 }
 
-/// Rebuilds fragment `index` of sealed group `id` on a new chunk server.
+/// Rebuilds fragment `index` of sealed group `id` on a new chunk server;
+/// returns where it now lives.
 async fn repair_fragment(
     partition: &Partition,
     id: GroupId,
     record: &GroupRecord,
     index: usize,
     term: u64,
-) -> Result<(), String> {
+) -> Result<FragmentLoc, String> {
     let ctx = &partition.ctx;
     let placement = &record.placement;
-    let in_group: BTreeSet<NodeId> = placement.fragments.iter().map(|f| f.node).collect();
+    let lost = &placement.fragments[index];
+    // A live server whose chunk is corrupt may hold the rebuilt copy.
+    let in_group: BTreeSet<NodeId> = placement
+        .fragments
+        .iter()
+        .filter(|f| f.node != lost.node || !ctx.cluster.chunk_servers().iter().any(|s| s.node == lost.node))
+        .map(|f| f.node)
+        .collect();
     let server = ctx
         .cluster
         .choose(1, &in_group)
@@ -108,15 +128,29 @@ async fn repair_fragment(
         group: id,
         index: index as u32,
         old: placement.fragments[index].chunk,
-        new,
+        new: new.clone(),
     };
     match ctx.raft.propose_local(command).await {
         Ok(Response::Ok) => {
             metrics::counter!("os_repaired_fragments_total").increment(1);
-            Ok(())
+            drop_replaced_chunk(partition, placement, lost).await;
+            Ok(new)
         }
         Ok(other) => Err(format!("replacing fragment answered {other:?}")),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Deletes the chunk a repair replaced, if its server still answers (a
+/// corrupt chunk); a dead server's chunks stay orphaned until it returns.
+async fn drop_replaced_chunk(partition: &Partition, placement: &GroupPlacement, old: &FragmentLoc) {
+    let single = GroupPlacement {
+        id: placement.id,
+        redundancy: Redundancy::Replicated { n: 1 },
+        fragments: vec![old.clone()],
+    };
+    if let Err(e) = partition.ctx.io.delete_chunks(&single).await {
+        tracing::debug!(group = %placement.id, chunk = %old.chunk, error = %e, "replaced chunk not deleted");
     }
 }
 
