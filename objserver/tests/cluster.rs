@@ -758,3 +758,139 @@ async fn a_corrupted_fragment_reads_correctly_and_is_rebuilt() {
     assert!(got == body, "the rebuilt fragment holds the right bytes");
     cluster.shutdown().await;
 }
+
+/// Bytes held in chunk files on the running chunk servers.
+async fn stored_bytes(cluster: &Cluster) -> u64 {
+    let identity = NodeIdentity::load(&cluster.certs, "client").expect("identity");
+    let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+    let mut total = 0;
+    for server in cluster.chunk_servers.iter().flatten() {
+        let client = tessera_common::chunk_client::ChunkServerClient::new(
+            transport.clone(),
+            server.local_addr(),
+            tessera_common::rpc::CallOptions::default(),
+        );
+        total += client
+            .list()
+            .await
+            .expect("list chunks")
+            .iter()
+            .map(|c| c.length)
+            .sum::<u64>();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_most_data_shrinks_the_stored_bytes_while_io_goes_on() {
+    let _serial = SERIAL.lock().await;
+    let data = DataSettings {
+        chunk_bytes_max: 8 << 20,
+        compaction_interval_ms: 200,
+        release_grace_ms: 300,
+        ..fast_data()
+    };
+    let cluster = Cluster::start(1, 1, 1, data).await;
+    let client = cluster.client.clone();
+    const OBJECTS: u64 = 40;
+    const PIECES: u64 = 5;
+    const MIB: usize = 1 << 20;
+    for n in 0..OBJECTS {
+        client.open_write(uid(200 + n), 5 << 20, EC, WAIT).await.expect("open");
+        client.confirm(uid(200 + n)).await.expect("confirm");
+    }
+    // 200 MiB, interleaved so every chunk group holds every object.
+    for piece in 0..PIECES {
+        for n in 0..OBJECTS {
+            let body = pattern(200 + n * PIECES + piece, MIB);
+            client
+                .write(uid(200 + n), piece * MIB as u64, body)
+                .await
+                .expect("write");
+        }
+    }
+    let kept: Vec<u64> = (0..OBJECTS).filter(|n| n % 5 == 0).collect();
+    for n in (0..OBJECTS).filter(|n| n % 5 != 0) {
+        client.delete(uid(200 + n)).await.expect("delete");
+    }
+    let full = stored_bytes(&cluster).await;
+
+    // A writer and a reader keep going while compaction runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut written = 0u64;
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = uid(10_000 + n);
+                client.open_write(id, 256 << 10, EC, WAIT).await.expect("writer open");
+                client.confirm(id).await.expect("writer confirm");
+                client
+                    .write(id, 0, pattern(10_000 + n, 256 << 10))
+                    .await
+                    .expect("writer write");
+                written += 256 << 10;
+                n += 1;
+            }
+            written
+        })
+    };
+    let reader = {
+        let (client, stop, kept) = (client.clone(), stop.clone(), kept.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for n in &kept {
+                    let piece = reads % PIECES;
+                    let got = client
+                        .read(uid(200 + n), piece * MIB as u64, MIB as u64)
+                        .await
+                        .expect("reader read");
+                    assert!(got == pattern(200 + n * PIECES + piece, MIB), "reader saw wrong bytes");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let live_kept = kept.len() as u64 * PIECES * MIB as u64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let stored = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stored = stored_bytes(&cluster).await;
+        // The bound on the kept data alone; the writer's bytes only add
+        // live data (the final check counts them).
+        if (stored as f64) < 1.7 * live_kept as f64 * 6.0 / 4.0 {
+            break stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored {stored} bytes (from {full}) for {live_kept} live: compaction did not catch up"
+        );
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.expect("writer");
+    let reads = reader.await.expect("reader");
+    assert!(
+        reads > 0 && written > 0,
+        "reads {reads}, writes {written} went on during compaction"
+    );
+    let live = live_kept + written;
+    assert!(
+        (stored as f64) < 1.7 * live as f64 * 6.0 / 4.0,
+        "stored {stored} bytes for {live} live bytes"
+    );
+    assert!(stored < full / 2, "stored bytes went from {full} down to {stored}");
+    for n in &kept {
+        let got = client
+            .read(uid(200 + n), 0, PIECES * MIB as u64)
+            .await
+            .expect("final read");
+        for piece in 0..PIECES {
+            let at = (piece as usize) * MIB;
+            assert!(got[at..at + MIB] == pattern(200 + n * PIECES + piece, MIB)[..]);
+        }
+    }
+    cluster.shutdown().await;
+}
