@@ -35,3 +35,23 @@ pub fn pattern(seed: u64, len: usize) -> bytes::Bytes {
         .collect::<Vec<u8>>()
         .into()
 }
+
+/// Flips one bit in the first copy of `needle` inside the file at `path`
+/// and syncs it: how tests damage stored data behind a server's back.
+/// Panics (it is a test helper) when the file or the needle is missing.
+pub fn flip_a_bit_in_file(path: &std::path::Path, needle: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    assert!(needle.len() >= 2, "a needle of at least 2 bytes");
+    let bytes = std::fs::read(path).expect("read the file to damage");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the needle is stored verbatim in the file");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open the file");
+    file.write_all_at(&[needle[1] ^ 0x10], (at + 1) as u64)
+        .expect("write the file");
+    file.sync_all().expect("sync the file");
+}

@@ -19,7 +19,7 @@ use tessera_common::os_api::OsError;
 use tessera_common::os_client::{OsCallError, OsClient, OsClientConfig};
 use tessera_common::pki::{init_cluster, NodeIdentity};
 use tessera_common::rpc::{RpcClient, RpcClientConfig};
-use tessera_common::testing::{pattern, stable_loopback_addr};
+use tessera_common::testing::{flip_a_bit_in_file, pattern, stable_loopback_addr};
 use tessera_nameserver::config::{BootstrapMember, ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::raft::RaftNode;
 use tessera_objserver::config::{DataSettings, ObjServerConfig, Peer};
@@ -692,24 +692,6 @@ async fn overwritten_and_deleted_names_free_their_data_through_the_pending_delet
     cluster.shutdown().await;
 }
 
-/// Flips one bit of `needle`'s first copy in the chunk file of `chunk`.
-fn flip_a_bit_of(disk: &Path, chunk: u64, needle: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let path = disk.join("chunks").join(format!("{chunk:016x}.chunk"));
-    let bytes = std::fs::read(&path).expect("read chunk file");
-    let at = bytes
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("fragment bytes are stored verbatim");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open chunk file");
-    file.write_all_at(&[needle[1] ^ 0x10], (at + 1) as u64)
-        .expect("write chunk file");
-    file.sync_all().expect("sync chunk file");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupted_fragment_reads_correctly_and_is_rebuilt() {
     let _serial = SERIAL.lock().await;
@@ -726,8 +708,11 @@ async fn a_corrupted_fragment_reads_correctly_and_is_rebuilt() {
     let partition = cluster.obj_servers[0].as_ref().expect("running").partitions()[0].clone();
     let before = partition.placements().await[0].clone();
     let damaged = before.fragments[0].clone();
-    let disk = cluster.dir.path().join(format!("disk{}", damaged.node.0 - 100));
-    flip_a_bit_of(&disk, damaged.chunk.0, &body[..64]);
+    let server = cluster.chunk_servers[(damaged.node.0 - 100) as usize]
+        .as_ref()
+        .expect("running");
+    let path = server.store().chunk_path(damaged.chunk).expect("chunk file");
+    flip_a_bit_in_file(&path, &body[..64]);
 
     // The read decodes around the bad block; its chunk server remembers the
     // chunk as corrupt and reports it; the leader rebuilds the fragment.

@@ -5,7 +5,6 @@
 //! sealing with servers down and fencing, fragment rebuild.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -323,18 +322,7 @@ async fn degraded_reads_survive_two_lost_servers_and_refuse_with_three() {
 /// the chunk server runs (it reads the file on every read).
 fn flip_a_bit_of(disk: &Path, chunk: ChunkId, needle: &[u8]) {
     let path = disk.join("chunks").join(format!("{:016x}.chunk", chunk.0));
-    let bytes = std::fs::read(&path).expect("read chunk file");
-    let at = bytes
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("fragment bytes are stored verbatim");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open chunk file");
-    file.write_all_at(&[needle[1] ^ 0x10], (at + 1) as u64)
-        .expect("write chunk file");
-    file.sync_all().expect("sync chunk file");
+    tessera_common::testing::flip_a_bit_in_file(&path, needle);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
