@@ -879,3 +879,71 @@ async fn deleting_most_data_shrinks_the_stored_bytes_while_io_goes_on() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_typed_errors_and_the_server_keeps_serving() {
+    use tessera_common::os_api::{self, OpenWriteReq, RangeReq, WriteReq, IO_BYTES_MAX};
+    use tessera_common::rpc::{self, CallOptions};
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, 1, 1, fast_data()).await;
+    let client = cluster.client.clone();
+    let identity = NodeIdentity::load(&cluster.certs, "client").expect("identity");
+    let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+    let os = cluster.os_configs[0].listen;
+    let options = CallOptions::default();
+    let id = uid(70);
+    client.open_write(id, 10, EC, WAIT).await.expect("open");
+
+    let body = Bytes::from_static(b"0123456789");
+    let damaged = WriteReq {
+        partition: 0,
+        uid: id,
+        offset: 0,
+        crc32c: crc32c::crc32c(&body) ^ 1,
+    };
+    let (answer, _) = rpc::call::<os_api::Write, _>(&transport, os, &damaged, body.clone(), &options)
+        .await
+        .expect("rpc");
+    assert_eq!(answer, Err(OsError::Checksum), "a damaged payload is refused");
+    let elsewhere = WriteReq {
+        partition: 99,
+        crc32c: crc32c::crc32c(&body),
+        ..damaged.clone()
+    };
+    let (answer, _) = rpc::call::<os_api::Write, _>(&transport, os, &elsewhere, body.clone(), &options)
+        .await
+        .expect("rpc");
+    assert_eq!(answer, Err(OsError::NoSuchPartition(99)));
+    let too_long = RangeReq {
+        partition: 0,
+        uid: id,
+        offset: 0,
+        len: IO_BYTES_MAX + 1,
+    };
+    let (answer, _) = rpc::call::<os_api::Read, _>(&transport, os, &too_long, Bytes::new(), &options)
+        .await
+        .expect("rpc");
+    assert!(matches!(answer, Err(OsError::BadRequest(_))), "{answer:?}");
+    let bad_policy = OpenWriteReq {
+        partition: 0,
+        uid: uid(71),
+        size_hint_bytes: 1,
+        policy: StoragePolicy::Ec { k: 0, m: 2 },
+        ttl_ms: 1000,
+    };
+    let (answer, _) = rpc::call::<os_api::OpenWrite, _>(&transport, os, &bad_policy, Bytes::new(), &options)
+        .await
+        .expect("rpc");
+    assert!(matches!(answer, Err(OsError::BadRequest(_))), "{answer:?}");
+    let never_opened = client.write(uid(72), 0, body.clone()).await;
+    assert!(
+        matches!(never_opened, Err(OsCallError::Os(OsError::NoSuchUid))),
+        "{never_opened:?}"
+    );
+
+    // Nothing was written by the refused calls; a good write still works.
+    assert_eq!(client.stat(id).await.expect("stat").size_bytes, 0);
+    client.write(id, 0, body.clone()).await.expect("good write");
+    assert_eq!(client.read(id, 0, 10).await.expect("read"), body);
+    cluster.shutdown().await;
+}
