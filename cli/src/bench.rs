@@ -2,8 +2,15 @@
 //! whole cluster in this process (1 name server, 6 chunk servers, 1 object
 //! server, EC 4+2, everything on this machine's one disk), against
 //! references measured in the same run: one chunk server's raw append rate
-//! and the Reed-Solomon encode rate. Prints one line per measurement and a
-//! JSON summary with the ratios the issue asks for.
+//! and the Reed-Solomon encode rate.
+//!
+//! `tessera bench nameserver`: name commits (guard entry + conditional
+//! commit, DESIGN §4 steps 2 and 5) through the RPC client on a 3-node
+//! name-server group in this process, 1 and 64 clients, against the disk's
+//! fdatasync rate measured in the same run (commits per fsync shows how
+//! well Raft and RocksDB batch).
+//!
+//! Both print one line per measurement and a JSON summary with ratios.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,6 +47,15 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Name commits through the RPC client on a 3-node group vs fdatasync.
+    Nameserver {
+        /// Seconds per client count.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Where the name servers' files go (a fresh temporary directory if unset).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -48,6 +64,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             let temp = tempfile::tempdir().context("creating a temporary directory")?;
             let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
             objserver(&dir, mib.max(1), small_writes.max(1)).await
+        }
+        BenchCommand::Nameserver { seconds, dir } => {
+            let temp = tempfile::tempdir().context("creating a temporary directory")?;
+            let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
+            crate::bench_ns::nameserver(&dir, Duration::from_secs(seconds.max(1))).await
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod bench_ns;
 mod local_cluster;
 mod status;
 
