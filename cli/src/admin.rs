@@ -2,7 +2,7 @@
 //! name servers' Raft membership.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,6 +58,30 @@ pub enum AdminCommand {
         /// The cluster's object-server partition count.
         #[arg(long, default_value_t = 8)]
         partitions: u32,
+    },
+    /// Access keys (S3 credentials).
+    Key {
+        /// Name-server RPC addresses, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        servers: Vec<SocketAddr>,
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long, default_value = "admin")]
+        identity: String,
+        #[command(subcommand)]
+        action: crate::keys::KeyAction,
+    },
+    /// Buckets and the permissions keys hold on them.
+    Bucket {
+        /// Name-server RPC addresses, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        servers: Vec<SocketAddr>,
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long, default_value = "admin")]
+        identity: String,
+        #[command(subcommand)]
+        action: crate::keys::BucketAction,
     },
     /// Manage the name servers' Raft membership (served by the leader).
     Ns {
@@ -157,6 +181,18 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             let ns = NameServerClient::new(transport.clone(), servers, NsClientConfig::default());
             crate::status::status(&ns, transport, partitions).await
         }
+        AdminCommand::Key {
+            servers,
+            certs,
+            identity,
+            action,
+        } => crate::keys::key(&ns_client(&certs, &identity, servers)?, action).await,
+        AdminCommand::Bucket {
+            servers,
+            certs,
+            identity,
+            action,
+        } => crate::keys::bucket(&ns_client(&certs, &identity, servers)?, action).await,
         AdminCommand::Ns {
             servers,
             certs,
@@ -174,6 +210,14 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             ns_action(&NameServerClient::new(transport, servers, config), action).await
         }
     }
+}
+
+/// A name-server client with `identity`'s certificate from `certs`.
+fn ns_client(certs: &Path, identity: &str, servers: Vec<SocketAddr>) -> anyhow::Result<NameServerClient<RpcClient>> {
+    let identity = NodeIdentity::load(certs, identity)
+        .with_context(|| format!("loading identity {identity:?} from {}", certs.display()))?;
+    let transport = RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")?;
+    Ok(NameServerClient::new(transport, servers, NsClientConfig::default()))
 }
 
 async fn ns_action(client: &NameServerClient<RpcClient>, action: NsAction) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod bench_ns;
+mod keys;
 mod local_cluster;
 mod status;
 

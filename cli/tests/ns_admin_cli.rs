@@ -117,3 +117,75 @@ fn list_add_remove_and_the_last_voter_is_kept() {
         "{stderr}"
     );
 }
+
+/// Runs `tessera admin GROUP --servers SERVERS --certs CERTS ARGS...`.
+fn admin(group: &str, certs: &Path, servers: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "admin",
+        group,
+        "--servers",
+        servers,
+        "--certs",
+        certs.to_str().expect("utf8"),
+    ];
+    all.extend_from_slice(args);
+    tessera(&all)
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+#[test]
+fn keys_and_grants_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let init = tessera(&["admin", "init", "--out", certs.to_str().expect("utf8"), "--node", "ns1"]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let port = free_port();
+    let _ns1 = spawn_nameserver(&write_config(dir.path(), 1, port, true));
+    let servers = format!("127.0.0.1:{port}");
+    assert_eq!(voters(&certs, &servers), vec![1]);
+
+    let bucket = json_lines(&admin(
+        "bucket",
+        &certs,
+        &servers,
+        &["create", "photos", "--owner", "alice"],
+    ));
+    assert_eq!(bucket[0]["created"], "photos");
+    let bad = admin("bucket", &certs, &servers, &["create", "other", "--policy", "ec:4"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected ec:K:M or rep:N"));
+
+    let created = json_lines(&admin("key", &certs, &servers, &["create", "alice"]));
+    let key_id = created[0]["key_id"].as_str().expect("key id").to_string();
+    let secret = created[0]["secret"].as_str().expect("secret");
+    assert!(key_id.starts_with("TK") && key_id.len() == 20, "{key_id}");
+    assert_eq!(secret.len(), 40);
+    let listed = json_lines(&admin("key", &certs, &servers, &["list", "--owner", "alice"]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["key_id"], key_id.as_str());
+    assert!(listed[0].get("secret").is_none(), "listing never shows secrets");
+
+    let allowed = admin("bucket", &certs, &servers, &["allow", &key_id, "photos", "write"]);
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    let missing = admin(
+        "bucket",
+        &certs,
+        &servers,
+        &["allow", "TKNOSUCHKEY000000000", "photos", "read"],
+    );
+    assert!(!missing.status.success(), "granting to an unknown key fails");
+
+    let revoked = json_lines(&admin("key", &certs, &servers, &["revoke", &key_id]));
+    assert_eq!(revoked[0]["revoked"], key_id.as_str());
+    assert!(json_lines(&admin("key", &certs, &servers, &["list"])).is_empty());
+    let again = admin("key", &certs, &servers, &["revoke", &key_id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no such access key"));
+}

@@ -157,6 +157,12 @@ pub enum NsError {
     /// Removing the only voter would leave the group without a quorum.
     #[error("refusing to remove the last voter")]
     LastVoter,
+    #[error("no such access key")]
+    NoSuchAccessKey,
+    #[error("access key already exists")]
+    AccessKeyExists,
+    #[error("invalid access key id")]
+    InvalidAccessKeyId,
 }
 
 /// One member of the name servers' Raft group.
@@ -231,6 +237,70 @@ pub struct NodeInfo {
     pub corrupt_chunks: Vec<u64>,
 }
 
+/// A permission of an access key on a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Permission {
+    Read,
+    Write,
+    /// Implies read and write.
+    Owner,
+}
+
+/// `ns.key_create`: a new access key for `owner`; the leader draws the id
+/// and the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct KeyCreateReq {
+    pub owner: String,
+}
+
+/// A new access key, the only time its secret travels.
+#[derive(Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct NewAccessKey {
+    pub key_id: String,
+    pub secret: String,
+    pub owner: String,
+}
+
+impl std::fmt::Debug for NewAccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NewAccessKey {{ key_id: {:?}, owner: {:?}, secret: <redacted> }}",
+            self.key_id, self.owner
+        )
+    }
+}
+
+/// `ns.key_list`: keys of `owner`, or all.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct KeyListReq {
+    pub owner: Option<String>,
+}
+
+/// An access key as listed (no secret).
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct AccessKeyInfo {
+    pub key_id: String,
+    pub owner: String,
+    pub created_ms: u64,
+}
+
+/// `ns.key_revoke`: deletes a key and all its grants.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct KeyRevokeReq {
+    pub key_id: String,
+}
+
+/// `ns.bucket_allow` / `ns.bucket_disallow`.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct GrantReq {
+    pub key_id: String,
+    pub bucket: String,
+    pub permission: Permission,
+}
+
 /// An object server announcing itself to the cluster map.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct ObjServerHeartbeat {
@@ -274,6 +344,14 @@ rpc_method!(DeleteName, "ns.delete_name", false, NameReq => Result<DeleteOk, NsE
 // answer followed by `Free` on retry reflects a delete in between, and the
 // caller acts on the latest answer, which is the log's truth at its position.
 rpc_method!(Reap, "ns.reap", true, ReapReq => Result<ReapOutcome, NsError>);
+// Access keys and grants (operators; secrets never logged).
+rpc_method!(KeyCreate, "ns.key_create", false, KeyCreateReq => Result<NewAccessKey, NsError>);
+rpc_method!(KeyList, "ns.key_list", true, KeyListReq => Result<Vec<AccessKeyInfo>, NsError>);
+// A retry after a revoke answers NoSuchAccessKey.
+rpc_method!(KeyRevoke, "ns.key_revoke", false, KeyRevokeReq => Result<(), NsError>);
+// Granting twice leaves one grant.
+rpc_method!(BucketAllow, "ns.bucket_allow", true, GrantReq => Result<(), NsError>);
+rpc_method!(BucketDisallow, "ns.bucket_disallow", true, GrantReq => Result<(), NsError>);
 // Recorded by the leader (a follower forwards it); a lost one is repaired
 // by the next.
 rpc_method!(ObjServerBeat, "ns.objserver_heartbeat", true, ObjServerHeartbeat => Result<(), NsError>);

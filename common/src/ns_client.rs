@@ -18,8 +18,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::ns_api::{
-    self, AddMemberReq, ClusterMap, ClusterMapReq, CommitNameReq, CommitOk, CreateBucketReq, CreateGuardReq, DeleteOk,
-    MembersInfo, MembersReq, NameReq, NsError, ObjServerHeartbeat, ObjectInfo, ReapOutcome, ReapReq, RemoveMemberReq,
+    self, AccessKeyInfo, AddMemberReq, ClusterMap, ClusterMapReq, CommitNameReq, CommitOk, CreateBucketReq,
+    CreateGuardReq, DeleteOk, GrantReq, KeyCreateReq, KeyListReq, KeyRevokeReq, MembersInfo, MembersReq, NameReq,
+    NewAccessKey, NsError, ObjServerHeartbeat, ObjectInfo, Permission, ReapOutcome, ReapReq, RemoveMemberReq,
     StoragePolicy,
 };
 use crate::rpc::{self, CallOptions, Method, RpcError, Transport};
@@ -135,6 +136,44 @@ impl<T: Transport> NameServerClient<T> {
 
     pub async fn reap(&self, uid: u128) -> Result<ReapOutcome, NsCallError> {
         self.call::<ns_api::Reap, ReapOutcome>(&ReapReq { uid }).await
+    }
+
+    /// A new access key for `owner` (the secret is in the answer only).
+    pub async fn key_create(&self, owner: &str) -> Result<NewAccessKey, NsCallError> {
+        let req = KeyCreateReq { owner: owner.into() };
+        self.call::<ns_api::KeyCreate, NewAccessKey>(&req).await
+    }
+
+    pub async fn key_list(&self, owner: Option<&str>) -> Result<Vec<AccessKeyInfo>, NsCallError> {
+        let req = KeyListReq {
+            owner: owner.map(String::from),
+        };
+        self.call::<ns_api::KeyList, Vec<AccessKeyInfo>>(&req).await
+    }
+
+    pub async fn key_revoke(&self, key_id: &str) -> Result<(), NsCallError> {
+        let req = KeyRevokeReq { key_id: key_id.into() };
+        self.call::<ns_api::KeyRevoke, ()>(&req).await
+    }
+
+    /// Grants (`allow`) or takes back (`!allow`) `permission` on `bucket`.
+    pub async fn bucket_grant(
+        &self,
+        key_id: &str,
+        bucket: &str,
+        permission: Permission,
+        allow: bool,
+    ) -> Result<(), NsCallError> {
+        let req = GrantReq {
+            key_id: key_id.into(),
+            bucket: bucket.into(),
+            permission,
+        };
+        if allow {
+            self.call::<ns_api::BucketAllow, ()>(&req).await
+        } else {
+            self.call::<ns_api::BucketDisallow, ()>(&req).await
+        }
     }
 
     /// Announces an object server (its address) to the cluster map.

@@ -124,6 +124,7 @@ pub fn routes(router: Router, node: NsGroup, liveness: Arc<Liveness>) -> (Router
     let router = route!(router, api, ForwardedHeartbeat, forwarded_heartbeat);
     let router = route!(router, api, ns_api::ObjServerBeat, objserver_heartbeat);
     let router = route!(router, api, ns_api::GetClusterMap, cluster_map);
+    let router = crate::keys_api::routes(router, api.node.clone());
     let router = crate::admin_api::routes(router, api.node.clone());
     (router, task)
 }
@@ -432,7 +433,7 @@ fn guard_error(e: GuardError) -> NsError {
 
 /// `NotLeader` was not executed; every other failure of a proposal may
 /// still commit, so it is `Unavailable` (outcome unknown).
-fn propose_error(e: ProposeError) -> NsError {
+pub(crate) fn propose_error(e: ProposeError) -> NsError {
     match e {
         ProposeError::NotLeader { leader_addr, .. } => NsError::NotLeader { leader_addr },
         ProposeError::Rejected(m) => NsError::Internal(m),
@@ -441,7 +442,7 @@ fn propose_error(e: ProposeError) -> NsError {
     }
 }
 
-fn response_error(r: Response) -> NsError {
+pub(crate) fn response_error(r: Response) -> NsError {
     match r {
         Response::Error(e) => namespace_error(e),
         other => NsError::Internal(format!("unexpected answer {other:?}")),
@@ -457,6 +458,9 @@ fn namespace_error(e: NamespaceError) -> NsError {
         NamespaceError::InvalidKey { .. } => NsError::InvalidKey,
         NamespaceError::UidReaped(_) => NsError::UidReaped,
         NamespaceError::PreconditionFailed => NsError::PreconditionFailed,
+        NamespaceError::NoSuchAccessKey(_) => NsError::NoSuchAccessKey,
+        NamespaceError::AccessKeyExists(_) => NsError::AccessKeyExists,
+        NamespaceError::InvalidAccessKeyId => NsError::InvalidAccessKeyId,
         other => NsError::Internal(other.to_string()),
     }
 }

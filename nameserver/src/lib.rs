@@ -8,5 +8,6 @@ pub mod cluster_api;
 pub mod config;
 pub mod deleter;
 pub mod guards;
+pub mod keys_api;
 pub mod namespace;
 pub mod raft;
