@@ -2,7 +2,7 @@
 //! name servers' Raft membership.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -48,54 +48,58 @@ pub enum AdminCommand {
     },
     /// Every node's liveness and every object-server partition (JSON).
     Status {
-        /// Name-server RPC addresses, comma separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        servers: Vec<SocketAddr>,
-        #[arg(long)]
-        certs: PathBuf,
-        #[arg(long, default_value = "admin")]
-        identity: String,
+        #[command(flatten)]
+        target: NsTarget,
         /// The cluster's object-server partition count.
         #[arg(long, default_value_t = 8)]
         partitions: u32,
     },
     /// Access keys (S3 credentials).
     Key {
-        /// Name-server RPC addresses, comma separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        servers: Vec<SocketAddr>,
-        #[arg(long)]
-        certs: PathBuf,
-        #[arg(long, default_value = "admin")]
-        identity: String,
+        #[command(flatten)]
+        target: NsTarget,
         #[command(subcommand)]
         action: crate::keys::KeyAction,
     },
     /// Buckets and the permissions keys hold on them.
     Bucket {
-        /// Name-server RPC addresses, comma separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        servers: Vec<SocketAddr>,
-        #[arg(long)]
-        certs: PathBuf,
-        #[arg(long, default_value = "admin")]
-        identity: String,
+        #[command(flatten)]
+        target: NsTarget,
         #[command(subcommand)]
         action: crate::keys::BucketAction,
     },
     /// Manage the name servers' Raft membership (served by the leader).
     Ns {
-        /// Name-server RPC addresses, comma separated; the leader is found.
-        #[arg(long, value_delimiter = ',', required = true)]
-        servers: Vec<SocketAddr>,
-        /// Cluster certificates directory and the identity to call with.
-        #[arg(long)]
-        certs: PathBuf,
-        #[arg(long, default_value = "admin")]
-        identity: String,
+        #[command(flatten)]
+        target: NsTarget,
         #[command(subcommand)]
         action: NsAction,
     },
+}
+
+/// Which name servers to call, as whom.
+#[derive(clap::Args)]
+pub struct NsTarget {
+    /// Name-server RPC addresses, comma separated; the leader is found.
+    #[arg(long, value_delimiter = ',', required = true)]
+    servers: Vec<SocketAddr>,
+    /// Cluster certificates directory and the identity to call with.
+    #[arg(long)]
+    certs: PathBuf,
+    #[arg(long, default_value = "admin")]
+    identity: String,
+}
+
+impl NsTarget {
+    fn transport(&self) -> anyhow::Result<RpcClient> {
+        let identity = NodeIdentity::load(&self.certs, &self.identity)
+            .with_context(|| format!("loading identity {:?} from {}", self.identity, self.certs.display()))?;
+        RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")
+    }
+
+    fn client(&self, config: NsClientConfig) -> anyhow::Result<NameServerClient<RpcClient>> {
+        Ok(NameServerClient::new(self.transport()?, self.servers.clone(), config))
+    }
 }
 
 #[derive(Subcommand)]
@@ -169,55 +173,25 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             let client = ChunkServerClient::new(transport, addr, options);
             query_chunkserver(&client, what).await
         }
-        AdminCommand::Status {
-            servers,
-            certs,
-            identity,
-            partitions,
-        } => {
-            let identity = NodeIdentity::load(&certs, &identity)
-                .with_context(|| format!("loading identity {identity:?} from {}", certs.display()))?;
-            let transport = RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")?;
-            let ns = NameServerClient::new(transport.clone(), servers, NsClientConfig::default());
-            crate::status::status(&ns, transport, partitions).await
+        AdminCommand::Status { target, partitions } => {
+            let ns = target.client(NsClientConfig::default())?;
+            crate::status::status(&ns, target.transport()?, partitions).await
         }
-        AdminCommand::Key {
-            servers,
-            certs,
-            identity,
-            action,
-        } => crate::keys::key(&ns_client(&certs, &identity, servers)?, action).await,
-        AdminCommand::Bucket {
-            servers,
-            certs,
-            identity,
-            action,
-        } => crate::keys::bucket(&ns_client(&certs, &identity, servers)?, action).await,
-        AdminCommand::Ns {
-            servers,
-            certs,
-            identity,
-            action,
-        } => {
-            let identity = NodeIdentity::load(&certs, &identity)
-                .with_context(|| format!("loading identity {identity:?} from {}", certs.display()))?;
-            let transport = RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")?;
+        AdminCommand::Key { target, action } => {
+            crate::keys::key(&target.client(NsClientConfig::default())?, action).await
+        }
+        AdminCommand::Bucket { target, action } => {
+            crate::keys::bucket(&target.client(NsClientConfig::default())?, action).await
+        }
+        AdminCommand::Ns { target, action } => {
             let config = NsClientConfig {
                 // Adding a learner waits until it caught up.
                 timeout: Duration::from_secs(90),
                 ..NsClientConfig::default()
             };
-            ns_action(&NameServerClient::new(transport, servers, config), action).await
+            ns_action(&target.client(config)?, action).await
         }
     }
-}
-
-/// A name-server client with `identity`'s certificate from `certs`.
-fn ns_client(certs: &Path, identity: &str, servers: Vec<SocketAddr>) -> anyhow::Result<NameServerClient<RpcClient>> {
-    let identity = NodeIdentity::load(certs, identity)
-        .with_context(|| format!("loading identity {identity:?} from {}", certs.display()))?;
-    let transport = RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")?;
-    Ok(NameServerClient::new(transport, servers, NsClientConfig::default()))
 }
 
 async fn ns_action(client: &NameServerClient<RpcClient>, action: NsAction) -> anyhow::Result<()> {

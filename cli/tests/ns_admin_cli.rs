@@ -50,16 +50,7 @@ fn spawn_nameserver(config: &Path) -> KillOnDrop {
 
 /// Runs `tessera admin ns --servers SERVERS --certs CERTS ARGS...`.
 fn admin_ns(certs: &Path, servers: &str, args: &[&str]) -> Output {
-    let mut all = vec![
-        "admin",
-        "ns",
-        "--servers",
-        servers,
-        "--certs",
-        certs.to_str().expect("utf8"),
-    ];
-    all.extend_from_slice(args);
-    tessera(&all)
+    admin("ns", certs, servers, args)
 }
 
 /// The ids of `list`'s voters, retried until a leader answers.
