@@ -174,8 +174,9 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             query_chunkserver(&client, what).await
         }
         AdminCommand::Status { target, partitions } => {
-            let ns = target.client(NsClientConfig::default())?;
-            crate::status::status(&ns, target.transport()?, partitions).await
+            let transport = target.transport()?;
+            let ns = NameServerClient::new(transport.clone(), target.servers.clone(), NsClientConfig::default());
+            crate::status::status(&ns, transport, partitions).await
         }
         AdminCommand::Key { target, action } => {
             crate::keys::key(&target.client(NsClientConfig::default())?, action).await

@@ -21,6 +21,49 @@ pub enum KvError {
     NoTable(Table),
 }
 
+/// A stored value that does not decode: corruption, reported, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("table {table} corrupt: {detail}")]
+pub struct Corrupt {
+    pub table: Table,
+    pub detail: String,
+}
+
+/// Why [`get`] found no usable value.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+/// Serializes a value for storage (postcard).
+pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain in-memory structs into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Deserializes a value stored in `table`.
+pub fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T, Corrupt> {
+    postcard::from_bytes(bytes).map_err(|e| Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+/// Reads and decodes one value.
+pub fn get<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
+    view: &R,
+    table: Table,
+    key: &[u8],
+) -> Result<Option<T>, ReadError> {
+    match view.get(table, key)? {
+        Some(bytes) => Ok(Some(decode(table, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
 /// One key/value pair as stored.
 pub type Pair = (Vec<u8>, Vec<u8>);
 

@@ -8,20 +8,16 @@
 //! escaped form of a key prefix is a byte prefix of the escaped form of every
 //! key that starts with it (what listing uses to skip a common prefix).
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{Fail, NamespaceError};
-use tessera_raft::kv::{KvRead, Table};
+use tessera_raft::kv::{self, KvRead, Table};
 
-/// Serializes a value for storage.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing plain in-memory structs into a Vec cannot fail.
-    postcard::to_stdvec(value).unwrap_or_default()
-}
+pub use tessera_raft::kv::encode;
 
 /// Deserializes a stored value; a failure is corruption, not a panic.
 pub fn decode<T: for<'de> Deserialize<'de>>(table: Table, bytes: &[u8]) -> Result<T, Fail> {
-    postcard::from_bytes(bytes).map_err(|error| corrupt(table, &error.to_string()))
+    Ok(kv::decode(table, bytes)?)
 }
 
 /// The corruption refusal for `table`.
@@ -38,10 +34,7 @@ pub fn get<R: KvRead + ?Sized, T: for<'de> Deserialize<'de>>(
     table: Table,
     key: &[u8],
 ) -> Result<Option<T>, Fail> {
-    match view.get(table, key)? {
-        Some(bytes) => Ok(Some(decode(table, &bytes)?)),
-        None => Ok(None),
-    }
+    Ok(kv::get(view, table, key)?)
 }
 
 /// Appends the order-preserving escape of `bytes` (no terminator).

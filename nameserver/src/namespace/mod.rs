@@ -96,6 +96,24 @@ impl From<KvError> for Fail {
     }
 }
 
+impl From<tessera_raft::kv::Corrupt> for Fail {
+    fn from(e: tessera_raft::kv::Corrupt) -> Self {
+        Fail::Refused(NamespaceError::Corrupt {
+            table: e.table.to_string(),
+            detail: e.detail,
+        })
+    }
+}
+
+impl From<tessera_raft::kv::ReadError> for Fail {
+    fn from(e: tessera_raft::kv::ReadError) -> Self {
+        match e {
+            tessera_raft::kv::ReadError::Kv(e) => e.into(),
+            tessera_raft::kv::ReadError::Corrupt(e) => e.into(),
+        }
+    }
+}
+
 impl From<NamespaceError> for Fail {
     fn from(error: NamespaceError) -> Self {
         Fail::Refused(error)

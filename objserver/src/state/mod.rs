@@ -63,6 +63,24 @@ impl From<KvError> for StateError {
     }
 }
 
+impl From<tessera_raft::kv::Corrupt> for StateError {
+    fn from(e: tessera_raft::kv::Corrupt) -> Self {
+        StateError::Corrupt {
+            table: e.table.to_string(),
+            detail: e.detail,
+        }
+    }
+}
+
+impl From<tessera_raft::kv::ReadError> for StateError {
+    fn from(e: tessera_raft::kv::ReadError) -> Self {
+        match e {
+            tessera_raft::kv::ReadError::Kv(e) => e.into(),
+            tessera_raft::kv::ReadError::Corrupt(e) => e.into(),
+        }
+    }
+}
+
 impl StateError {
     /// Whether this error means the state itself is broken (the node must
     /// stop) rather than a refusal of one command.

@@ -3,7 +3,7 @@
 //! byte order is the order the partition iterates in (uids, then offsets).
 
 use serde::{Deserialize, Serialize};
-use tessera_raft::kv::{KvRead, Table};
+use tessera_raft::kv::{self, KvRead, Table};
 
 use super::StateError;
 use crate::placement::{GroupId, GroupPlacement, Redundancy, StripeLoc};
@@ -155,13 +155,10 @@ pub fn decode_uid_key(table: Table, key: &[u8]) -> Result<u128, StateError> {
     Ok(u128::from_be_bytes(bytes))
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing plain in-memory structs into a Vec cannot fail.
-    postcard::to_stdvec(value).unwrap_or_default()
-}
+pub use tessera_raft::kv::encode;
 
 pub fn decode<T: for<'de> Deserialize<'de>>(table: Table, bytes: &[u8]) -> Result<T, StateError> {
-    postcard::from_bytes(bytes).map_err(|e| corrupt(table, &e.to_string()))
+    Ok(kv::decode(table, bytes)?)
 }
 
 pub fn corrupt(table: Table, detail: &str) -> StateError {
@@ -176,10 +173,7 @@ pub fn get<R: KvRead + ?Sized, T: for<'de> Deserialize<'de>>(
     table: Table,
     key: &[u8],
 ) -> Result<Option<T>, StateError> {
-    match view.get(table, key)? {
-        Some(bytes) => Ok(Some(decode(table, &bytes)?)),
-        None => Ok(None),
-    }
+    Ok(kv::get(view, table, key)?)
 }
 
 pub fn meta<R: KvRead + ?Sized>(view: &R) -> Result<Meta, StateError> {
