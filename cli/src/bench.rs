@@ -10,7 +10,10 @@
 //! fdatasync rate measured in the same run (commits per fsync shows how
 //! well Raft and RocksDB batch).
 //!
-//! Both print one line per measurement and a JSON summary with ratios.
+//! `tessera bench s3`: any S3 endpoint through the AWS SDK, see
+//! [`tessera_cli::bench_s3`].
+//!
+//! All print one line per measurement and a JSON summary with ratios.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -27,7 +30,7 @@ use tessera_common::testing::pattern;
 use tessera_objserver::ec::Codec;
 use tessera_objserver::placement::Redundancy;
 
-use crate::local_cluster::{LocalCluster, LocalSpec};
+use tessera_cli::local_cluster::{LocalCluster, LocalSpec};
 
 const MIB: usize = 1 << 20;
 const EC: StoragePolicy = StoragePolicy::Ec { k: 4, m: 2 };
@@ -56,6 +59,8 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Any S3 endpoint: 4 KiB PUT/GET rates and latency, single-stream large objects vs MD5.
+    S3(tessera_cli::bench_s3::S3BenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -70,6 +75,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             let dir = dir.unwrap_or_else(|| temp.path().to_path_buf());
             crate::bench_ns::nameserver(&dir, Duration::from_secs(seconds.max(1))).await
         }
+        BenchCommand::S3(args) => tessera_cli::bench_s3::run(args).await,
     }
 }
 
@@ -82,14 +88,7 @@ fn report(name: &str, value: f64, unit: &str) {
 }
 
 async fn objserver(dir: &std::path::Path, mib: usize, small_writes: usize) -> anyhow::Result<()> {
-    let mut cluster = LocalCluster::start(
-        dir,
-        &LocalSpec {
-            chunk_servers: 6,
-            partitions: 4,
-        },
-    )
-    .await?;
+    let mut cluster = LocalCluster::start(dir, &LocalSpec::new(6, 4)).await?;
     let raw = raw_append_rate(&cluster, mib).await?;
     report("raw chunk append, 1 MiB, 1 writer", raw, "MiB/s");
     let encode = encode_rate(mib);

@@ -139,6 +139,7 @@ async fn commits(ns: &Arc<NameServerClient<RpcClient>>, clients: usize, run: Dur
                         etag: "\"bench\"".into(),
                         content_type: None,
                         user_meta: Vec::new(),
+                        system_meta: Vec::new(),
                         partition: 0,
                         condition: CommitCondition::None,
                     };

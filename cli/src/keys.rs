@@ -61,23 +61,6 @@ fn wire(grant: Grant) -> Permission {
     }
 }
 
-/// Parses `ec:K:M` or `rep:N`.
-pub fn parse_policy(text: &str) -> anyhow::Result<StoragePolicy> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let number = |s: &str| {
-        s.parse::<u8>()
-            .with_context(|| format!("{s:?} in policy {text:?} is not a number"))
-    };
-    match parts.as_slice() {
-        ["ec", k, m] => Ok(StoragePolicy::Ec {
-            k: number(k)?,
-            m: number(m)?,
-        }),
-        ["rep", n] => Ok(StoragePolicy::Replicated { n: number(n)? }),
-        _ => anyhow::bail!("policy {text:?}: expected ec:K:M or rep:N"),
-    }
-}
-
 pub async fn key(ns: &NameServerClient<RpcClient>, action: KeyAction) -> anyhow::Result<()> {
     match action {
         KeyAction::Create { owner } => {
@@ -105,7 +88,7 @@ pub async fn key(ns: &NameServerClient<RpcClient>, action: KeyAction) -> anyhow:
 pub async fn bucket(ns: &NameServerClient<RpcClient>, action: BucketAction) -> anyhow::Result<()> {
     match action {
         BucketAction::Create { name, owner, policy } => {
-            let policy = parse_policy(&policy)?;
+            let policy: StoragePolicy = policy.parse().map_err(anyhow::Error::msg)?;
             ns.create_bucket(&name, &owner, policy)
                 .await
                 .with_context(|| format!("creating bucket {name}"))?;

@@ -1,20 +1,29 @@
 //! A whole cluster in this process over real loopback sockets: one name
 //! server, `chunk_servers` chunk servers (a directory each), one object
-//! server hosting every partition. The same role libraries as a real
-//! cluster; what `tessera bench objserver` measures (and what `tessera dev`
-//! will serve).
+//! server hosting every partition, and optionally an S3 gateway. The same
+//! role libraries as a real cluster; what `tessera dev` serves, what
+//! `tessera bench objserver` measures and what the S3 tests run against.
+//!
+//! The nodes' addresses are chosen on the first start and kept in
+//! `DIR/addresses.json`, so a restart on the same directory finds the same
+//! cluster (Raft memberships and the cluster map name addresses).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
 use tessera_chunkserver::config::ChunkServerConfig;
 use tessera_chunkserver::node::ChunkServer;
+use tessera_common::ns_api::NewAccessKey;
+use tessera_common::ns_client::{NameServerClient, NsClientConfig};
 use tessera_common::os_client::{OsClient, OsClientConfig};
 use tessera_common::pki::{self, NodeIdentity};
 use tessera_common::rpc::{RpcClient, RpcClientConfig};
 use tessera_common::testing::stable_loopback_addr;
+use tessera_gateway::config::{GatewayConfig, ProtocolSettings};
+use tessera_gateway::node::Gateway;
 use tessera_nameserver::config::{BootstrapMember, ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::raft::RaftNode;
 use tessera_objserver::config::{DataSettings, ObjServerConfig, Peer};
@@ -25,15 +34,82 @@ use tessera_objserver::node::ObjServer;
 pub struct LocalSpec {
     pub chunk_servers: usize,
     pub partitions: u32,
+    /// The object server's data-log knobs.
+    pub data: DataSettings,
+    /// An S3 gateway, if any.
+    pub gateway: Option<GatewaySpec>,
+}
+
+impl LocalSpec {
+    /// `chunk_servers` chunk servers, `partitions` partitions, default
+    /// settings, no gateway.
+    pub fn new(chunk_servers: usize, partitions: u32) -> LocalSpec {
+        LocalSpec {
+            chunk_servers,
+            partitions,
+            data: DataSettings::default(),
+            gateway: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewaySpec {
+    /// Where S3 is served (`127.0.0.1:0` for any port).
+    pub listen: SocketAddr,
+    pub protocol: ProtocolSettings,
+    pub virtual_host_domains: Vec<String>,
+}
+
+/// The nodes' addresses, kept across restarts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Addresses {
+    nameserver: SocketAddr,
+    objserver: SocketAddr,
+}
+
+impl Addresses {
+    fn load_or_choose(dir: &Path) -> anyhow::Result<Addresses> {
+        let path = dir.join("addresses.json");
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
+        }
+        let chosen = Addresses {
+            nameserver: stable_loopback_addr(),
+            objserver: stable_loopback_addr(),
+        };
+        write_atomically(&path, serde_json::to_string_pretty(&chosen)?.as_bytes())?;
+        Ok(chosen)
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", parent.display()))?;
+    }
+    Ok(())
 }
 
 pub struct LocalCluster {
     pub certs: PathBuf,
+    pub ns_addr: SocketAddr,
     pub os_addr: SocketAddr,
     pub partitions: u32,
     ns: RaftNode,
     chunk_servers: Vec<Option<ChunkServer>>,
     obj: ObjServer,
+    gateway: Option<Gateway>,
 }
 
 fn chunk_config(index: usize, certs: &Path, disk: &Path, ns: SocketAddr) -> anyhow::Result<ChunkServerConfig> {
@@ -51,13 +127,15 @@ impl LocalCluster {
     /// Starts everything under `dir` and waits until the object server
     /// sees every chunk server.
     pub async fn start(dir: &Path, spec: &LocalSpec) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let certs = dir.join("certs");
-        let mut names: Vec<String> = vec!["ns1".into(), "os1".into(), "admin".into()];
+        let mut names: Vec<String> = vec!["ns1".into(), "os1".into(), "gw1".into(), "admin".into()];
         names.extend((0..spec.chunk_servers).map(|i| format!("cs{i}")));
         if !certs.join("ca.pem").exists() {
             pki::init_cluster(&certs, &names).context("creating certificates")?;
         }
-        let ns_addr = stable_loopback_addr();
+        let addresses = Addresses::load_or_choose(dir)?;
+        let ns_addr = addresses.nameserver;
         let ns = RaftNode::start(NameServerConfig {
             node_id: 1,
             listen: ns_addr,
@@ -81,7 +159,7 @@ impl LocalCluster {
                 .with_context(|| format!("starting chunk server {index}"))?;
             chunk_servers.push(Some(server));
         }
-        let os_addr = stable_loopback_addr();
+        let os_addr = addresses.objserver;
         let obj = ObjServer::start(ObjServerConfig {
             node_id: 11,
             listen: os_addr,
@@ -95,20 +173,42 @@ impl LocalCluster {
             objservers: vec![Peer { id: 11, addr: os_addr }],
             metrics_listen: None,
             raft: RaftTuning::loopback(),
-            data: DataSettings::default(),
+            data: spec.data.clone(),
         })
         .await
         .context("starting the object server")?;
-        let cluster = LocalCluster {
+        let mut cluster = LocalCluster {
             certs,
+            ns_addr,
             os_addr,
             partitions: spec.partitions,
             ns,
             chunk_servers,
             obj,
+            gateway: None,
         };
         cluster.wait_for_chunk_servers(spec.chunk_servers).await?;
+        if let Some(gateway) = &spec.gateway {
+            cluster.gateway = Some(cluster.start_gateway(gateway).await?);
+        }
         Ok(cluster)
+    }
+
+    async fn start_gateway(&self, spec: &GatewaySpec) -> anyhow::Result<Gateway> {
+        let config = GatewayConfig {
+            listen: spec.listen,
+            certs_dir: self.certs.clone(),
+            identity: "gw1".into(),
+            nameservers: vec![self.ns_addr],
+            objservers: vec![self.os_addr],
+            partitions: self.partitions,
+            metrics_listen: None,
+            region: "us-east-1".into(),
+            virtual_host_domains: spec.virtual_host_domains.clone(),
+            bucket_policy: "ec:4:2".into(),
+            protocol: spec.protocol.clone(),
+        };
+        Gateway::start(config).await.context("starting the S3 gateway")
     }
 
     async fn wait_for_chunk_servers(&self, count: usize) -> anyhow::Result<()> {
@@ -140,6 +240,30 @@ impl LocalCluster {
         ))
     }
 
+    pub fn ns_client(&self) -> anyhow::Result<NameServerClient<RpcClient>> {
+        Ok(NameServerClient::new(
+            self.transport()?,
+            vec![self.ns_addr],
+            NsClientConfig::default(),
+        ))
+    }
+
+    /// A new access key for `owner`.
+    pub async fn create_key(&self, owner: &str) -> anyhow::Result<NewAccessKey> {
+        let ns = self.ns_client()?;
+        ns.key_create(owner).await.context("creating an access key")
+    }
+
+    /// The S3 gateway, when the spec asked for one.
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.gateway.as_ref()
+    }
+
+    /// `http://addr` of the S3 gateway.
+    pub fn s3_endpoint(&self) -> Option<String> {
+        self.gateway.as_ref().map(|g| format!("http://{}", g.local_addr()))
+    }
+
     /// The address of running chunk server `index`.
     pub fn chunk_server_addr(&self, index: usize) -> Option<SocketAddr> {
         self.chunk_servers.get(index)?.as_ref().map(ChunkServer::local_addr)
@@ -151,7 +275,12 @@ impl LocalCluster {
         }
     }
 
+    /// Stops the gateway first (requests in flight finish), then the
+    /// object server, the chunk servers and the name server.
     pub async fn shutdown(self) {
+        if let Some(gateway) = self.gateway {
+            gateway.shutdown().await;
+        }
         self.obj.shutdown().await;
         for server in self.chunk_servers.into_iter().flatten() {
             server.shutdown().await;

@@ -5,7 +5,6 @@ mod admin;
 mod bench;
 mod bench_ns;
 mod keys;
-mod local_cluster;
 mod status;
 
 use std::path::PathBuf;
@@ -40,6 +39,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run an S3 gateway.
+    Gateway {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a whole cluster in this process (S3 on 127.0.0.1:9000).
+    Dev(tessera_cli::dev::DevArgs),
     /// Measure a subsystem on a whole cluster in this process.
     Bench {
         #[command(subcommand)]
@@ -91,6 +98,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("running the object server")
         }
+        Command::Gateway { config } => {
+            let config = tessera_gateway::config::GatewayConfig::load(&config)?;
+            tessera_gateway::node::run(config).await.context("running the gateway")
+        }
+        Command::Dev(args) => tessera_cli::dev::run(args).await.context("running tessera dev"),
         Command::Bench { command } => bench::run(command).await,
         Command::Admin { command } => admin::run(command).await,
     }

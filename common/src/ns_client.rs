@@ -18,10 +18,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::ns_api::{
-    self, AccessKeyInfo, AddMemberReq, ClusterMap, ClusterMapReq, CommitNameReq, CommitOk, CreateBucketReq,
-    CreateGuardReq, DeleteOk, GrantReq, KeyCreateReq, KeyListReq, KeyRevokeReq, MembersInfo, MembersReq, NameReq,
-    NewAccessKey, NsError, ObjServerHeartbeat, ObjectInfo, Permission, ReapOutcome, ReapReq, RemoveMemberReq,
-    StoragePolicy,
+    self, AccessKeyInfo, AddMemberReq, AuthorizeReq, Authz, BucketEntry, BucketReq, ClusterMap, ClusterMapReq,
+    CommitNameReq, CommitOk, CompleteUploadReq, CreateBucketReq, CreateGuardReq, CreateUploadReq, DeleteOk, GrantReq,
+    KeyCreateReq, KeyListReq, KeyRevokeReq, KeySecret, ListBucketsReq, ListObjectsReq, ListPartsReq, ListUploadsReq,
+    MembersInfo, MembersReq, NameReq, NewAccessKey, NsError, ObjServerHeartbeat, ObjectInfo, ObjectsPage, PartsPage,
+    Permission, PutPartReq, ReapOutcome, ReapReq, RemoveMemberReq, SecretReq, StoragePolicy, UploadReq, UploadsPage,
 };
 use crate::rpc::{self, CallOptions, Method, RpcError, Transport};
 
@@ -136,6 +137,72 @@ impl<T: Transport> NameServerClient<T> {
 
     pub async fn reap(&self, uid: u128) -> Result<ReapOutcome, NsCallError> {
         self.call::<ns_api::Reap, ReapOutcome>(&ReapReq { uid }).await
+    }
+
+    pub async fn get_bucket(&self, name: &str) -> Result<Option<BucketEntry>, NsCallError> {
+        let req = BucketReq { name: name.to_string() };
+        self.call::<ns_api::GetBucket, Option<BucketEntry>>(&req).await
+    }
+
+    /// Every bucket, or those of `owner`, by name.
+    pub async fn list_buckets(&self, owner: Option<&str>) -> Result<Vec<BucketEntry>, NsCallError> {
+        let req = ListBucketsReq {
+            owner: owner.map(String::from),
+        };
+        self.call::<ns_api::ListBuckets, Vec<BucketEntry>>(&req).await
+    }
+
+    /// Deletes an empty bucket (no names, no uploads in progress).
+    pub async fn delete_bucket(&self, name: &str) -> Result<(), NsCallError> {
+        let req = BucketReq { name: name.to_string() };
+        self.call::<ns_api::DeleteBucket, ()>(&req).await
+    }
+
+    pub async fn list_objects(&self, req: &ListObjectsReq) -> Result<ObjectsPage, NsCallError> {
+        self.call::<ns_api::ListObjects, ObjectsPage>(req).await
+    }
+
+    /// The secret and owner of an access key (`None`: no such key).
+    pub async fn get_secret(&self, key_id: &str) -> Result<Option<KeySecret>, NsCallError> {
+        let req = SecretReq {
+            key_id: key_id.to_string(),
+        };
+        self.call::<ns_api::GetSecret, Option<KeySecret>>(&req).await
+    }
+
+    pub async fn authorize(&self, key_id: &str, bucket: &str, permission: Permission) -> Result<Authz, NsCallError> {
+        let req = AuthorizeReq {
+            key_id: key_id.to_string(),
+            bucket: bucket.to_string(),
+            permission,
+        };
+        self.call::<ns_api::Authorize, Authz>(&req).await
+    }
+
+    /// Starts a multipart upload; answers its id.
+    pub async fn create_upload(&self, req: &CreateUploadReq) -> Result<String, NsCallError> {
+        self.call::<ns_api::CreateUpload, String>(req).await
+    }
+
+    pub async fn put_part(&self, req: &PutPartReq) -> Result<(), NsCallError> {
+        self.call::<ns_api::PutPart, ()>(req).await
+    }
+
+    /// Commits the upload's name (needs a guard on the request's uid).
+    pub async fn complete_upload(&self, req: &CompleteUploadReq) -> Result<CommitOk, NsCallError> {
+        self.call::<ns_api::CompleteUpload, CommitOk>(req).await
+    }
+
+    pub async fn abort_upload(&self, req: &UploadReq) -> Result<(), NsCallError> {
+        self.call::<ns_api::AbortUpload, ()>(req).await
+    }
+
+    pub async fn list_uploads(&self, req: &ListUploadsReq) -> Result<UploadsPage, NsCallError> {
+        self.call::<ns_api::ListUploads, UploadsPage>(req).await
+    }
+
+    pub async fn list_parts(&self, req: &ListPartsReq) -> Result<PartsPage, NsCallError> {
+        self.call::<ns_api::ListParts, PartsPage>(req).await
     }
 
     /// A new access key for `owner` (the secret is in the answer only).
@@ -400,6 +467,7 @@ mod tests {
             etag: String::new(),
             content_type: None,
             user_meta: Vec::new(),
+            system_meta: Vec::new(),
             partition: 0,
             condition: Default::default(),
         }

@@ -210,6 +210,7 @@ fn commit_req(key: &str, uid: u64, condition: CommitCondition) -> CommitNameReq 
         etag: format!("etag-{uid}"),
         content_type: None,
         user_meta: Vec::new(),
+        system_meta: Vec::new(),
         partition: 0,
         condition,
     }
@@ -716,9 +717,10 @@ fn object(uid: u128) -> ObjectInfo {
         etag: String::new(),
         content_type: None,
         user_meta: Vec::new(),
+        system_meta: Vec::new(),
         mtime_ms: 0,
         partition: 0,
-        part_uids: Vec::new(),
+        parts: Vec::new(),
     }
 }
 

@@ -26,7 +26,8 @@ use openraft::ServerState;
 use tessera_common::chunk_api::{self, ChunkServerHeartbeat, HeartbeatAck};
 use tessera_common::clock::{Clock, TokioClock};
 use tessera_common::ns_api::{
-    self, CommitNameReq, CommitOk, CreateBucketReq, CreateGuardReq, DeleteOk, NameReq, NsError, ObjectInfo, ReapReq,
+    self, CommitNameReq, CommitOk, CompleteUploadReq, CreateBucketReq, CreateGuardReq, DeleteOk, NameReq, NsError,
+    ObjectInfo, ReapReq,
 };
 use tessera_common::rpc::{self, CallOptions, Method, RequestCtx, Router};
 use tokio::sync::watch;
@@ -117,6 +118,7 @@ pub fn routes(router: Router, node: NsGroup, liveness: Arc<Liveness>) -> (Router
     let router = route!(router, api, ns_api::CreateBucket, create_bucket);
     let router = route!(router, api, ns_api::CreateGuard, create_guard);
     let router = route!(router, api, ns_api::CommitName, commit_name);
+    let router = route!(router, api, ns_api::CompleteUpload, complete_upload);
     let router = route!(router, api, ns_api::GetObject, get_object);
     let router = route!(router, api, ns_api::DeleteName, delete_name);
     let router = route!(router, api, ns_api::Reap, reap);
@@ -125,6 +127,7 @@ pub fn routes(router: Router, node: NsGroup, liveness: Arc<Liveness>) -> (Router
     let router = route!(router, api, ns_api::ObjServerBeat, objserver_heartbeat);
     let router = route!(router, api, ns_api::GetClusterMap, cluster_map);
     let router = crate::keys_api::routes(router, api.node.clone());
+    let router = crate::s3_api::routes(router, api.node.clone());
     let router = crate::admin_api::routes(router, api.node.clone());
     (router, task)
 }
@@ -217,6 +220,34 @@ impl Api {
             bucket: req.bucket,
             key: req.key,
             version,
+            condition: condition(req.condition),
+        };
+        match self.node.propose_local(command).await.map_err(propose_error)? {
+            Response::Ok => Ok(CommitOk { version_id }),
+            other => Err(response_error(other)),
+        }
+    }
+
+    /// Completes a multipart upload: a name commit (DESIGN §4 step 5) of
+    /// the guarded manifest uid, served by the leader only.
+    async fn complete_upload(&self, req: CompleteUploadReq) -> Result<CommitOk, NsError> {
+        let term = self.leader_term()?;
+        crate::s3_api::upload_of(&self.node, &req.upload).await?;
+        let now = self.clock.now();
+        let (bucket, key) = (&req.upload.bucket, &req.upload.key);
+        self.with_guards(term, |t| t.take(bucket, key, req.uid, now))?;
+        let version_id = format!("{:032x}", req.uid);
+        let command = Command::CompleteUpload {
+            upload_id: req.upload.upload_id,
+            parts: req.parts,
+            version: ObjectVersion {
+                uid: req.uid,
+                version_id: version_id.clone(),
+                etag: req.etag,
+                mtime_ms: wall_ms(),
+                partition: req.partition,
+                ..ObjectVersion::default()
+            },
             condition: condition(req.condition),
         };
         match self.node.propose_local(command).await.map_err(propose_error)? {
@@ -380,6 +411,7 @@ fn version_of(req: &CommitNameReq) -> ObjectVersion {
         etag: req.etag.clone(),
         content_type: req.content_type.clone(),
         user_meta: req.user_meta.iter().cloned().collect::<BTreeMap<_, _>>(),
+        system_meta: req.system_meta.iter().cloned().collect::<BTreeMap<_, _>>(),
         mtime_ms: wall_ms(),
         partition: req.partition,
         kind: VersionKind::Object,
@@ -397,18 +429,19 @@ fn object_info(v: ObjectVersion) -> ObjectInfo {
         user_meta: v.user_meta.into_iter().collect(),
         mtime_ms: v.mtime_ms,
         partition: v.partition,
-        part_uids: v.parts.iter().map(|p| p.uid).collect(),
+        system_meta: v.system_meta.into_iter().collect(),
+        parts: v.parts.into_iter().map(crate::s3_api::part_info).collect(),
     }
 }
 
-fn policy(p: ns_api::StoragePolicy) -> StoragePolicy {
+pub(crate) fn policy(p: ns_api::StoragePolicy) -> StoragePolicy {
     match p {
         ns_api::StoragePolicy::Ec { k, m } => StoragePolicy::Ec { k, m },
         ns_api::StoragePolicy::Replicated { n } => StoragePolicy::Replicated { n },
     }
 }
 
-fn condition(c: ns_api::CommitCondition) -> CommitCondition {
+pub(crate) fn condition(c: ns_api::CommitCondition) -> CommitCondition {
     match c {
         ns_api::CommitCondition::None => CommitCondition::None,
         ns_api::CommitCondition::IfNoneMatch => CommitCondition::IfNoneMatch,
@@ -417,7 +450,7 @@ fn condition(c: ns_api::CommitCondition) -> CommitCondition {
 }
 
 /// The leader's wall clock in ms since the epoch (metadata only).
-fn wall_ms() -> u64 {
+pub(crate) fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -449,7 +482,7 @@ pub(crate) fn response_error(r: Response) -> NsError {
     }
 }
 
-fn namespace_error(e: NamespaceError) -> NsError {
+pub(crate) fn namespace_error(e: NamespaceError) -> NsError {
     match e {
         NamespaceError::BucketExists(_) => NsError::BucketExists,
         NamespaceError::NoSuchBucket(_) => NsError::NoSuchBucket,
@@ -461,6 +494,13 @@ fn namespace_error(e: NamespaceError) -> NsError {
         NamespaceError::NoSuchAccessKey(_) => NsError::NoSuchAccessKey,
         NamespaceError::AccessKeyExists(_) => NsError::AccessKeyExists,
         NamespaceError::InvalidAccessKeyId => NsError::InvalidAccessKeyId,
+        NamespaceError::BucketNotEmpty(_) => NsError::BucketNotEmpty,
+        NamespaceError::NoSuchUpload(_) | NamespaceError::InvalidUploadId => NsError::NoSuchUpload,
+        NamespaceError::InvalidPartNumber(n) => NsError::InvalidPartNumber(n),
+        NamespaceError::InvalidPart(n) => NsError::InvalidPart(n),
+        NamespaceError::InvalidPartOrder => NsError::InvalidPartOrder,
+        NamespaceError::EntityTooSmall(n) => NsError::EntityTooSmall(n),
+        NamespaceError::EmptyPartList => NsError::EmptyPartList,
         other => NsError::Internal(other.to_string()),
     }
 }

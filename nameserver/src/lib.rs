@@ -11,3 +11,4 @@ pub mod guards;
 pub mod keys_api;
 pub mod namespace;
 pub mod raft;
+pub mod s3_api;

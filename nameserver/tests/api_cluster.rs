@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tessera_common::chunk_api::{self, ChunkServerHeartbeat, DiskStatus};
 use tessera_common::ids::NodeId;
-use tessera_common::ns_api::{CommitCondition, CommitNameReq, NsError, ReapOutcome, StoragePolicy};
+use tessera_common::ns_api::{
+    Authz, CommitCondition, CommitNameReq, CompleteUploadReq, CreateUploadReq, ListObjectsReq, ListPartsReq,
+    ListUploadsReq, NsError, PartInfo, Permission, PutPartReq, ReapOutcome, StoragePolicy, UploadMeta, UploadReq,
+};
 use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
 use tessera_common::pki::{init_cluster, NodeIdentity};
 use tessera_common::rpc::{self, CallOptions, RpcClient, RpcClientConfig};
@@ -121,6 +124,7 @@ fn commit(key: &str, uid: u128, condition: CommitCondition) -> CommitNameReq {
         etag: format!("etag-{uid}"),
         content_type: Some("image/jpeg".into()),
         user_meta: vec![("camera".into(), "x100".into())],
+        system_meta: Vec::new(),
         partition: 5,
         condition,
     }
@@ -284,5 +288,204 @@ async fn a_guard_lost_with_its_leader_fails_the_commit_cleanly() {
     } else if !matches!(result, Err(NsCallError::OutcomeUnknown(_))) {
         assert_eq!(named, None, "a failed commit left a name: {result:?}");
     }
+    cluster.stop_all().await;
+}
+
+fn upload(key: &str, upload_id: &str) -> UploadReq {
+    UploadReq {
+        bucket: BUCKET.into(),
+        key: key.into(),
+        upload_id: upload_id.into(),
+    }
+}
+
+fn part(number: u32, uid: u128, size: u64) -> PartInfo {
+    PartInfo {
+        part_number: number,
+        uid,
+        size,
+        etag: format!("e{uid}"),
+        partition: 1,
+    }
+}
+
+/// What the S3 gateway asks besides guards and commits, through a
+/// follower: secrets and grants, listings, multipart uploads and bucket
+/// deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_facing_calls_work_over_the_wire() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::three().await;
+    let leader = cluster.leader().await;
+    let follower = *cluster.addrs.keys().find(|id| **id != leader).expect("follower");
+    let client = cluster.client(follower);
+    client
+        .create_bucket(BUCKET, "alice", StoragePolicy::Ec { k: 4, m: 2 })
+        .await
+        .expect("bucket");
+    let entry = client.get_bucket(BUCKET).await.expect("get").expect("exists");
+    assert_eq!(
+        (entry.owner.as_str(), entry.policy),
+        ("alice", StoragePolicy::Ec { k: 4, m: 2 })
+    );
+    assert_eq!(client.get_bucket("nope").await.expect("get"), None);
+    let listed = client.list_buckets(Some("alice")).await.expect("list");
+    assert_eq!(listed.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), vec![BUCKET]);
+    assert!(client.list_buckets(Some("bob")).await.expect("list").is_empty());
+
+    // Secrets and grants.
+    let alice = client.key_create("alice").await.expect("key");
+    let bob = client.key_create("bob").await.expect("key");
+    let secret = client.get_secret(&alice.key_id).await.expect("secret").expect("known");
+    assert_eq!(
+        (secret.secret.as_str(), secret.owner.as_str()),
+        (alice.secret.as_str(), "alice")
+    );
+    assert!(
+        !format!("{secret:?}").contains(&alice.secret),
+        "Debug redacts the secret"
+    );
+    assert_eq!(client.get_secret("TKNOSUCHKEY").await.expect("secret"), None);
+    let allowed = |key: String, p: Permission| {
+        let client = &client;
+        async move { client.authorize(&key, BUCKET, p).await.expect("authorize") }
+    };
+    assert_eq!(allowed(alice.key_id.clone(), Permission::Owner).await, Authz::Allowed);
+    assert_eq!(allowed(bob.key_id.clone(), Permission::Read).await, Authz::Denied);
+    client
+        .bucket_grant(&bob.key_id, BUCKET, Permission::Read, true)
+        .await
+        .expect("grant");
+    assert_eq!(allowed(bob.key_id.clone(), Permission::Read).await, Authz::Allowed);
+    assert_eq!(allowed(bob.key_id.clone(), Permission::Write).await, Authz::Denied);
+    assert_eq!(allowed("TKNOSUCHKEY".into(), Permission::Read).await, Authz::UnknownKey);
+
+    // Listing with a delimiter, in pages.
+    for (i, key) in ["a/1", "a/2", "b", "c/x/y"].iter().enumerate() {
+        let uid = 100 + i as u128;
+        client.create_guard(BUCKET, key, uid, TTL).await.expect("guard");
+        client
+            .commit_name(&commit(key, uid, CommitCondition::None))
+            .await
+            .expect("commit");
+    }
+    let mut request = ListObjectsReq {
+        bucket: BUCKET.into(),
+        prefix: String::new(),
+        delimiter: Some("/".into()),
+        start_after: None,
+        max_keys: 2,
+    };
+    let first = client.list_objects(&request).await.expect("list");
+    assert_eq!(first.common_prefixes, vec!["a/".to_string()]);
+    assert_eq!(
+        first.contents.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    assert!(first.is_truncated);
+    request.start_after = first.next_marker.clone();
+    let second = client.list_objects(&request).await.expect("list");
+    assert_eq!(second.common_prefixes, vec!["c/".to_string()]);
+    assert!(second.contents.is_empty() && !second.is_truncated);
+
+    // Multipart: parts, listings, completion under a guard, abort.
+    let meta = UploadMeta {
+        content_type: Some("video/mp4".into()),
+        user_meta: vec![("m".into(), "1".into())],
+        system_meta: vec![("cache-control".into(), "no-cache".into())],
+    };
+    let create = |key: &str| CreateUploadReq {
+        bucket: BUCKET.into(),
+        key: key.into(),
+        meta: meta.clone(),
+    };
+    let id = client.create_upload(&create("big")).await.expect("create upload");
+    let mib5 = 5 << 20;
+    for (n, uid, size) in [(1, 201, mib5), (2, 202, 7)] {
+        let req = PutPartReq {
+            upload: upload("big", &id),
+            part: part(n, uid, size),
+        };
+        client.put_part(&req).await.expect("put part");
+    }
+    let wrong_name = PutPartReq {
+        upload: upload("other", &id),
+        part: part(3, 203, 1),
+    };
+    assert_eq!(refused(client.put_part(&wrong_name).await), NsError::NoSuchUpload);
+    let parts = client
+        .list_parts(&ListPartsReq {
+            upload: upload("big", &id),
+            part_number_marker: 0,
+            max_parts: 1,
+        })
+        .await
+        .expect("list parts");
+    assert_eq!(parts.parts, vec![part(1, 201, mib5)]);
+    assert!(parts.is_truncated);
+    assert_eq!(parts.upload.meta, meta);
+    let uploads = client
+        .list_uploads(&ListUploadsReq {
+            bucket: BUCKET.into(),
+            prefix: String::new(),
+            key_marker: None,
+            upload_id_marker: None,
+            max_uploads: 10,
+        })
+        .await
+        .expect("list uploads");
+    assert_eq!(uploads.uploads.len(), 1);
+    let complete = CompleteUploadReq {
+        upload: upload("big", &id),
+        uid: 300,
+        etag: "abc-2".into(),
+        parts: vec![(1, "e201".into()), (2, "\"e202\"".into())],
+        partition: 2,
+        condition: CommitCondition::None,
+    };
+    assert_eq!(refused(client.complete_upload(&complete).await), NsError::NoGuard);
+    client.create_guard(BUCKET, "big", 300, TTL).await.expect("guard");
+    client.complete_upload(&complete).await.expect("complete");
+    let object = client.get_object(BUCKET, "big").await.expect("get").expect("named");
+    assert_eq!(object.size, mib5 + 7);
+    assert_eq!(object.parts.iter().map(|p| p.uid).collect::<Vec<_>>(), vec![201, 202]);
+    assert_eq!(object.content_type.as_deref(), Some("video/mp4"));
+    assert_eq!(object.system_meta, meta.system_meta);
+    assert_eq!(
+        refused(client.abort_upload(&upload("big", &id)).await),
+        NsError::NoSuchUpload
+    );
+
+    let small = client.create_upload(&create("small")).await.expect("create upload");
+    for (n, uid, size) in [(1, 401, 1), (2, 402, 1)] {
+        let req = PutPartReq {
+            upload: upload("small", &small),
+            part: part(n, uid, size),
+        };
+        client.put_part(&req).await.expect("put part");
+    }
+    client.create_guard(BUCKET, "small", 500, TTL).await.expect("guard");
+    let too_small = CompleteUploadReq {
+        upload: upload("small", &small),
+        uid: 500,
+        etag: "x-2".into(),
+        parts: vec![(1, "e401".into()), (2, "e402".into())],
+        partition: 0,
+        condition: CommitCondition::None,
+    };
+    assert_eq!(
+        refused(client.complete_upload(&too_small).await),
+        NsError::EntityTooSmall(1)
+    );
+
+    // A bucket with names or uploads is not deleted; an empty one is.
+    assert_eq!(refused(client.delete_bucket(BUCKET).await), NsError::BucketNotEmpty);
+    client.abort_upload(&upload("small", &small)).await.expect("abort");
+    for key in ["a/1", "a/2", "b", "c/x/y", "big"] {
+        client.delete_name(BUCKET, key).await.expect("delete");
+    }
+    client.delete_bucket(BUCKET).await.expect("delete bucket");
+    assert_eq!(client.get_bucket(BUCKET).await.expect("get"), None);
+    assert_eq!(refused(client.delete_bucket(BUCKET).await), NsError::NoSuchBucket);
     cluster.stop_all().await;
 }

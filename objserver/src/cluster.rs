@@ -44,6 +44,12 @@ impl ClusterView {
         self.servers.read().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Where live chunk server `node` is now, if the cluster map lists it.
+    pub fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
+        let servers = self.servers.read().ok()?;
+        servers.iter().find(|s| s.node == node).map(|s| s.addr)
+    }
+
     pub fn set(&self, servers: Vec<ChunkServerInfo>) {
         if let Ok(mut current) = self.servers.write() {
             *current = servers;

@@ -21,6 +21,7 @@ use tessera_common::chunk_client::{ChunkCallError, ChunkServerClient};
 use tessera_common::ids::{Epoch, NodeId};
 use tessera_common::rpc::{CallOptions, RpcError, Transport};
 
+use crate::cluster::ClusterView;
 use crate::ec::{Codec, CodecError};
 use crate::placement::{FragmentLoc, GroupId, GroupPlacement, Redundancy, StripeLoc};
 
@@ -134,6 +135,10 @@ pub struct GroupIo<T: Transport + Clone> {
     codecs: Mutex<HashMap<Redundancy, Arc<Codec>>>,
     /// Chunk servers reads skip until the given time (see `suspect_ms`).
     suspects: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Where each chunk server is now: a placement records the address a
+    /// server had when the group was made, and a restarted server may
+    /// come back elsewhere (another port, another container IP).
+    directory: Option<ClusterView>,
 }
 
 impl<T: Transport + Clone> GroupIo<T> {
@@ -143,7 +148,23 @@ impl<T: Transport + Clone> GroupIo<T> {
             options,
             codecs: Mutex::default(),
             suspects: Mutex::default(),
+            directory: None,
         }
+    }
+
+    /// Resolves chunk servers through `view` (the cluster map), falling
+    /// back to the address a placement recorded.
+    pub fn with_directory(mut self, view: ClusterView) -> Self {
+        self.directory = Some(view);
+        self
+    }
+
+    /// The address of `loc`'s chunk server now.
+    fn addr_of(&self, loc: &FragmentLoc) -> SocketAddr {
+        self.directory
+            .as_ref()
+            .and_then(|view| view.addr_of(loc.node))
+            .unwrap_or(loc.addr)
     }
 
     fn is_suspect(&self, addr: SocketAddr) -> bool {
@@ -194,7 +215,7 @@ impl<T: Transport + Clone> GroupIo<T> {
             retries,
             ..CallOptions::default()
         };
-        ChunkServerClient::new(self.transport.clone(), loc.addr, options)
+        ChunkServerClient::new(self.transport.clone(), self.addr_of(loc), options)
     }
 
     fn call_client(&self, loc: &FragmentLoc) -> ChunkServerClient<T> {
@@ -318,7 +339,7 @@ impl<T: Transport + Clone> GroupIo<T> {
         let results = futures::future::join_all(reads).await;
         for (span, result) in spans.iter().zip(&results) {
             if matches!(result, Err(e) if missed_deadline(e, deadline)) {
-                self.suspect(placement.fragments[span.index].addr);
+                self.suspect(self.addr_of(&placement.fragments[span.index]));
             }
         }
         results
@@ -422,9 +443,10 @@ impl<T: Transport + Clone> GroupIo<T> {
     ) -> Result<Bytes, ChunkCallError> {
         debug_assert!(span.start <= span.end && span.end <= u64::from(stripe.fragment_len));
         let loc = &placement.fragments[span.index];
-        if self.is_suspect(loc.addr) {
+        let addr = self.addr_of(loc);
+        if self.is_suspect(addr) {
             let reason = "failed recently; decoding instead".to_string();
-            return Err(ChunkCallError::Rpc(RpcError::Connect { addr: loc.addr, reason }));
+            return Err(ChunkCallError::Rpc(RpcError::Connect { addr, reason }));
         }
         // No retries: decoding from other fragments is the fallback.
         let result = self
@@ -435,7 +457,7 @@ impl<T: Transport + Clone> GroupIo<T> {
             RpcError::Connect { .. } | RpcError::Timeout(_) | RpcError::Transport(_) | RpcError::ShuttingDown,
         )) = &result
         {
-            self.suspect(loc.addr);
+            self.suspect(addr);
         }
         result
     }

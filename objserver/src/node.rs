@@ -51,7 +51,7 @@ impl ObjServer {
             read_deadline_ms: config.data.read_deadline_ms,
             ..GroupIoOptions::default()
         };
-        let io = Arc::new(GroupIo::new(client.clone(), io_options));
+        let io = Arc::new(GroupIo::new(client.clone(), io_options).with_directory(cluster.clone()));
         let registry = Arc::new(Registry::<PartitionMachine>::new());
         let partitions = Partitions::default();
         let router = service::routes(

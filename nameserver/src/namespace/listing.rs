@@ -21,7 +21,7 @@ const FIRST_BATCH: usize = 8;
 
 /// One listing entry found at the scan position.
 enum Entry {
-    Key(String, CurrentEntry),
+    Key(String, Box<CurrentEntry>),
     Prefix(String),
 }
 
@@ -39,7 +39,7 @@ fn classify(request: &ListObjectsRequest, raw: &[u8], value: &[u8]) -> Res<(Opti
     let (_, key, _) = decode_name_key(CURRENT, raw)?;
     let Some(prefix) = common_prefix(request, &key) else {
         let entry: CurrentEntry = codec::decode(CURRENT, value)?;
-        return Ok((Some(Entry::Key(key, entry)), Some(key_after(raw))));
+        return Ok((Some(Entry::Key(key, Box::new(entry))), Some(key_after(raw))));
     };
     let past = prefix_end(&name_prefix(&request.bucket, &prefix));
     let after = request.start_after.as_ref().is_none_or(|after| prefix > *after);

@@ -177,6 +177,7 @@ pub fn complete<R: KvRead + ?Sized>(
         size: parts.iter().map(|part| part.size).sum(),
         content_type: upload.meta.content_type.clone(),
         user_meta: upload.meta.user_meta.clone(),
+        system_meta: upload.meta.system_meta.clone(),
         kind: VersionKind::Object,
         parts,
         ..version.clone()

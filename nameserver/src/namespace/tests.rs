@@ -134,6 +134,7 @@ pub fn version(uid: u128) -> ObjectVersion {
         etag: format!("\"etag{uid}\""),
         content_type: Some("text/plain".into()),
         user_meta: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        system_meta: BTreeMap::new(),
         mtime_ms: 5,
         partition: (uid % 7) as u32,
         kind: VersionKind::Object,

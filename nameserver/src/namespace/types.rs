@@ -79,6 +79,8 @@ pub struct ObjectVersion {
     pub etag: String,
     pub content_type: Option<String>,
     pub user_meta: BTreeMap<String, String>,
+    /// Stored HTTP headers and checksums (`tessera_common::ns_api::system_meta`).
+    pub system_meta: BTreeMap<String, String>,
     pub mtime_ms: u64,
     /// The object-server partition of `uid`.
     pub partition: u32,
@@ -92,6 +94,7 @@ pub struct ObjectVersion {
 pub struct UploadMeta {
     pub content_type: Option<String>,
     pub user_meta: BTreeMap<String, String>,
+    pub system_meta: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ fn create_upload(db: &mut Db, key: &str, upload_id: &str) {
         meta: UploadMeta {
             content_type: Some("video/mp4".into()),
             user_meta: BTreeMap::from([("a".to_string(), "b".to_string())]),
+            system_meta: BTreeMap::from([("cache-control".to_string(), "no-cache".to_string())]),
         },
     });
 }
@@ -57,6 +58,10 @@ fn complete_commits_a_manifest_and_queues_unused_parts() {
     assert_eq!(object.parts.iter().map(|p| p.uid).collect::<Vec<_>>(), vec![101, 103]);
     assert_eq!(object.size, 5 * MIB + 1);
     assert_eq!(object.content_type.as_deref(), Some("video/mp4"));
+    assert_eq!(
+        object.system_meta.get("cache-control").map(String::as_str),
+        Some("no-cache")
+    );
     assert_eq!(object.uid, 900);
     assert_eq!(db.pending_uids(), BTreeSet::from([102, 104]));
     assert_eq!(db.reap(101), Response::Reap(ReapOutcome::Referenced));

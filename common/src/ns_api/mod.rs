@@ -12,6 +12,15 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::rpc::rpc_method;
 
+mod access;
+mod buckets;
+mod multipart;
+pub mod system_meta;
+
+pub use access::*;
+pub use buckets::*;
+pub use multipart::*;
+
 /// How a bucket's objects are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
@@ -20,6 +29,35 @@ pub enum StoragePolicy {
     Ec { k: u8, m: u8 },
     /// `n` full copies.
     Replicated { n: u8 },
+}
+
+impl std::str::FromStr for StoragePolicy {
+    type Err = String;
+
+    /// `ec:K:M` (erasure coded) or `rep:N` (replicated).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |s: &str| {
+            s.parse::<u8>()
+                .map_err(|_| format!("{s:?} in policy {text:?} is not a number"))
+        };
+        match text.split(':').collect::<Vec<_>>().as_slice() {
+            ["ec", k, m] => Ok(StoragePolicy::Ec {
+                k: number(k)?,
+                m: number(m)?,
+            }),
+            ["rep", n] => Ok(StoragePolicy::Replicated { n: number(n)? }),
+            _ => Err(format!("policy {text:?}: expected ec:K:M or rep:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for StoragePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoragePolicy::Ec { k, m } => write!(f, "ec:{k}:{m}"),
+            StoragePolicy::Replicated { n } => write!(f, "rep:{n}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -60,6 +98,8 @@ pub struct CommitNameReq {
     pub etag: String,
     pub content_type: Option<String>,
     pub user_meta: Vec<(String, String)>,
+    /// Stored HTTP headers and checksums ([`system_meta`] names them).
+    pub system_meta: Vec<(String, String)>,
     /// The object-server partition of `uid`.
     pub partition: u32,
     pub condition: CommitCondition,
@@ -91,8 +131,11 @@ pub struct ObjectInfo {
     /// The committing leader's wall clock (metadata only).
     pub mtime_ms: u64,
     pub partition: u32,
-    /// Part uids of a multipart object, in part order (empty otherwise).
-    pub part_uids: Vec<u128>,
+    /// Stored HTTP headers and checksums ([`system_meta`] names them).
+    pub system_meta: Vec<(String, String)>,
+    /// The parts of a multipart object, in part order (empty otherwise):
+    /// the object's bytes are their bytes, concatenated; `uid` holds none.
+    pub parts: Vec<PartInfo>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -163,6 +206,20 @@ pub enum NsError {
     AccessKeyExists,
     #[error("invalid access key id")]
     InvalidAccessKeyId,
+    #[error("bucket not empty")]
+    BucketNotEmpty,
+    #[error("no such upload")]
+    NoSuchUpload,
+    #[error("part number {0} outside 1..=10000")]
+    InvalidPartNumber(u32),
+    #[error("part {0} missing or its etag differs")]
+    InvalidPart(u32),
+    #[error("parts not in ascending order")]
+    InvalidPartOrder,
+    #[error("part {0} is smaller than 5 MiB and not the last")]
+    EntityTooSmall(u32),
+    #[error("no parts given")]
+    EmptyPartList,
 }
 
 /// One member of the name servers' Raft group.
@@ -379,6 +436,7 @@ mod tests {
             etag: "\"e\"".into(),
             content_type: Some("text/plain".into()),
             user_meta: vec![("a".into(), "1".into())],
+            system_meta: vec![("cache-control".into(), "no-cache".into())],
             partition: 3,
             condition: CommitCondition::IfMatch("x".into()),
         };
@@ -415,6 +473,17 @@ mod tests {
             let answer: Result<(), NsError> = Err(refusal);
             let bytes = answer.to_wire().expect("encode");
             assert_eq!(Result::<(), NsError>::from_wire(&bytes).expect("decode"), answer);
+        }
+    }
+
+    #[test]
+    fn policies_parse_and_print() {
+        for text in ["ec:4:2", "rep:3"] {
+            let policy: StoragePolicy = text.parse().expect("parse");
+            assert_eq!(policy.to_string(), text);
+        }
+        for bad in ["ec:4", "rep:x", "raid:5", "ec:300:1"] {
+            assert!(bad.parse::<StoragePolicy>().is_err(), "{bad}");
         }
     }
 
