@@ -81,7 +81,27 @@ async fn handle(service: S3Service, mut request: http::Request<Incoming>) -> Res
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert("x-amz-request-id", value);
         }
+        if response.status().is_client_error() || response.status().is_server_error() {
+            name_request_in_error(&mut response, &id);
+        }
         metrics::counter!("s3_http_responses_total", "status" => response.status().as_u16().to_string()).increment(1);
         response
     })
+}
+
+/// Adds `<RequestId>` to an S3 error body that lacks it: errors raised
+/// inside `s3s` (signatures, parsing, access checks) are serialized
+/// without one.
+fn name_request_in_error(response: &mut s3s::HttpResponse, id: &str) {
+    let Some(body) = response.body().bytes() else { return };
+    let Ok(text) = std::str::from_utf8(&body) else { return };
+    if text.contains("<RequestId>") {
+        return;
+    }
+    let Some(at) = text.rfind("</Error>") else { return };
+    let named = format!("{}<RequestId>{id}</RequestId>{}", &text[..at], &text[at..]);
+    if let Ok(length) = HeaderValue::from_str(&named.len().to_string()) {
+        response.headers_mut().insert(http::header::CONTENT_LENGTH, length);
+    }
+    *response.body_mut() = s3s::Body::from(named);
 }

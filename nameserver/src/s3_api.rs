@@ -261,6 +261,7 @@ async fn list_uploads(node: &NsGroup, req: ListUploadsReq) -> Result<UploadsPage
     let request = ListUploadsRequest {
         bucket: req.bucket,
         prefix: req.prefix,
+        delimiter: req.delimiter,
         key_marker: req.key_marker,
         upload_id_marker: req.upload_id_marker,
         max_uploads: req.max_uploads as usize,
@@ -268,6 +269,7 @@ async fn list_uploads(node: &NsGroup, req: ListUploadsReq) -> Result<UploadsPage
     match read(node, Query::ListUploads(request)).await? {
         QueryResponse::Uploads(page) => Ok(UploadsPage {
             uploads: page.uploads.into_iter().map(upload_info).collect(),
+            common_prefixes: page.common_prefixes,
             is_truncated: page.is_truncated,
             next_marker: page.next_marker,
         }),

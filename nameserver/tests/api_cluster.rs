@@ -428,6 +428,7 @@ async fn s3_facing_calls_work_over_the_wire() {
         .list_uploads(&ListUploadsReq {
             bucket: BUCKET.into(),
             prefix: String::new(),
+            delimiter: None,
             key_marker: None,
             upload_id_marker: None,
             max_uploads: 10,

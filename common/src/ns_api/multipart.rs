@@ -91,6 +91,8 @@ pub struct UploadInfo {
 pub struct ListUploadsReq {
     pub bucket: String,
     pub prefix: String,
+    /// Rolls keys up into common prefixes.
+    pub delimiter: Option<String>,
     pub key_marker: Option<String>,
     pub upload_id_marker: Option<String>,
     /// Capped at 1000.
@@ -101,9 +103,11 @@ pub struct ListUploadsReq {
 #[rkyv(derive(Debug))]
 pub struct UploadsPage {
     pub uploads: Vec<UploadInfo>,
+    pub common_prefixes: Vec<String>,
     pub is_truncated: bool,
-    /// When truncated: (key marker, upload id marker) of the next page.
-    pub next_marker: Option<(String, String)>,
+    /// When truncated: the key marker of the next page and its upload id
+    /// marker (when the page ended with an upload, not a common prefix).
+    pub next_marker: Option<(String, Option<String>)>,
 }
 
 /// `ns.list_parts`: parts numbered above `part_number_marker`.

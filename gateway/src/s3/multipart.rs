@@ -320,6 +320,7 @@ pub async fn list_uploads(
     let request = ListUploadsReq {
         bucket: input.bucket.clone(),
         prefix: input.prefix.clone().unwrap_or_default(),
+        delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
         key_marker: input.key_marker.clone(),
         upload_id_marker: input.upload_id_marker.clone(),
         max_uploads,
@@ -336,7 +337,15 @@ pub async fn list_uploads(
             ..MultipartUpload::default()
         })
         .collect();
-    let (next_key_marker, next_upload_id_marker) = page.next_marker.unzip();
+    let (next_key_marker, next_upload_id_marker) = match page.next_marker {
+        Some((key, id)) => (Some(key), id),
+        None => (None, None),
+    };
+    let common_prefixes: Vec<CommonPrefix> = page
+        .common_prefixes
+        .into_iter()
+        .map(|p| CommonPrefix { prefix: Some(p) })
+        .collect();
     let output = ListMultipartUploadsOutput {
         bucket: Some(input.bucket),
         prefix: input.prefix,
@@ -347,7 +356,8 @@ pub async fn list_uploads(
         next_key_marker,
         next_upload_id_marker,
         uploads: Some(uploads),
-        common_prefixes: None::<Vec<CommonPrefix>>,
+        common_prefixes: (!common_prefixes.is_empty()).then_some(common_prefixes),
+        delimiter: input.delimiter,
         ..ListMultipartUploadsOutput::default()
     };
     Ok(S3Response::new(output))

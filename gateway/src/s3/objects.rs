@@ -63,12 +63,12 @@ pub async fn precheck(backend: &Backend, bucket: &str, key: &str, condition: &Co
         CommitCondition::None => return Ok(()),
         _ => backend.ns.get_object(bucket, key).await.map_err(ns_error)?,
     };
-    let ok = match condition {
-        CommitCondition::None => true,
-        CommitCondition::IfNoneMatch => current.is_none(),
-        CommitCondition::IfMatch(tag) => {
-            current.is_some_and(|c| tag == "*" || c.etag.trim_matches('"') == tag.trim_matches('"'))
-        }
+    let ok = match (condition, current) {
+        (CommitCondition::None, _) => true,
+        (CommitCondition::IfNoneMatch, current) => current.is_none(),
+        // S3 answers a write conditioned on a missing object 404.
+        (CommitCondition::IfMatch(_), None) => return Err(s3_error!(NoSuchKey)),
+        (CommitCondition::IfMatch(tag), Some(c)) => tag == "*" || c.etag.trim_matches('"') == tag.trim_matches('"'),
     };
     if ok {
         Ok(())

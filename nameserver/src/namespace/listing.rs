@@ -25,19 +25,20 @@ enum Entry {
     Prefix(String),
 }
 
-/// Classifies `key` under the request's prefix and delimiter.
-fn common_prefix(request: &ListObjectsRequest, key: &str) -> Option<String> {
-    let delimiter = request.delimiter.as_deref().filter(|d| !d.is_empty())?;
-    let rest = key.get(request.prefix.len()..)?;
+/// The common prefix `key` rolls up into under `prefix` and `delimiter`
+/// (`prefix` + text up to and including the first delimiter after it).
+pub fn common_prefix(prefix: &str, delimiter: Option<&str>, key: &str) -> Option<String> {
+    let delimiter = delimiter.filter(|d| !d.is_empty())?;
+    let rest = key.get(prefix.len()..)?;
     let at = rest.find(delimiter)?;
-    Some(format!("{}{}", request.prefix, &rest[..at + delimiter.len()]))
+    Some(format!("{prefix}{}", &rest[..at + delimiter.len()]))
 }
 
 /// Classifies one scanned pair: the entry it belongs to (`None` for a
 /// common prefix not after `start_after`) and the cursor past that entry.
 fn classify(request: &ListObjectsRequest, raw: &[u8], value: &[u8]) -> Res<(Option<Entry>, Option<Vec<u8>>)> {
     let (_, key, _) = decode_name_key(CURRENT, raw)?;
-    let Some(prefix) = common_prefix(request, &key) else {
+    let Some(prefix) = common_prefix(&request.prefix, request.delimiter.as_deref(), &key) else {
         let entry: CurrentEntry = codec::decode(CURRENT, value)?;
         return Ok((Some(Entry::Key(key, Box::new(entry))), Some(key_after(raw))));
     };

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use super::codec::{self, decode_name_key, encode, key_after, name_key, name_prefix, prefix_end, str_component};
 use super::names::{self, UidRef};
 use super::{
-    buckets, ApplyCtx, CommitCondition, Fail, ListUploadsRequest, NamespaceError, ObjectVersion, PartRef, PartsPage,
-    Res, Response, UploadMeta, UploadRecord, UploadsPage, VersionKind, PARTS, UPLOADS, UPLOAD_INDEX,
+    buckets, listing, ApplyCtx, CommitCondition, Fail, ListUploadsRequest, NamespaceError, ObjectVersion, PartRef,
+    PartsPage, Res, Response, UploadMeta, UploadRecord, UploadsPage, VersionKind, PARTS, UPLOADS, UPLOAD_INDEX,
 };
 use tessera_raft::kv::{KvRead, Txn};
 
@@ -208,25 +208,61 @@ fn uploads_start(request: &ListUploadsRequest, lower: &[u8]) -> Vec<u8> {
     start.max(lower.to_vec())
 }
 
-/// S3 ListMultipartUploads: by key, then upload id.
+/// Pairs one scan of the upload index reads.
+const UPLOADS_BATCH: usize = 64;
+
+/// S3 ListMultipartUploads: by key, then upload id; with a delimiter,
+/// keys roll up into common prefixes (each listed once, after the key
+/// marker, counting toward the page size) and the scan seeks past them.
 pub fn list_uploads<R: KvRead + ?Sized>(view: &R, request: &ListUploadsRequest) -> Res<UploadsPage> {
     buckets::require(view, &request.bucket)?;
     let max = request.max_uploads.min(MAX_PAGE);
     let lower = name_prefix(&request.bucket, &request.prefix);
     let upper = prefix_end(&lower);
-    let start = uploads_start(request, &lower);
-    let pairs = view.scan(UPLOAD_INDEX, &start, upper.as_deref(), max + 1)?;
-    let mut page = UploadsPage {
-        is_truncated: pairs.len() > max,
-        ..UploadsPage::default()
-    };
-    for (index, _) in pairs.iter().take(max) {
-        let (_, _, id) = decode_name_key(UPLOAD_INDEX, index)?;
-        let id = String::from_utf8(id.to_vec()).map_err(|_| codec::corrupt(UPLOAD_INDEX, "upload id not utf-8"))?;
-        page.uploads.push(require_upload(view, &id)?);
+    let mut cursor = uploads_start(request, &lower);
+    let mut page = UploadsPage::default();
+    let mut last: Option<(String, Option<String>)> = None;
+    'scan: loop {
+        let batch = view.scan(UPLOAD_INDEX, &cursor, upper.as_deref(), UPLOADS_BATCH)?;
+        if batch.is_empty() {
+            break;
+        }
+        for (index, _) in batch {
+            let (_, key, id) = decode_name_key(UPLOAD_INDEX, &index)?;
+            let rolled = listing::common_prefix(&request.prefix, request.delimiter.as_deref(), &key);
+            let wanted = match &rolled {
+                Some(prefix) => request.key_marker.as_ref().is_none_or(|m| prefix > m),
+                None => true,
+            };
+            if wanted && page.uploads.len() + page.common_prefixes.len() == max {
+                page.is_truncated = true;
+                break 'scan;
+            }
+            match rolled {
+                Some(prefix) => {
+                    let Some(past) = prefix_end(&name_prefix(&request.bucket, &prefix)) else {
+                        break 'scan;
+                    };
+                    if wanted {
+                        page.common_prefixes.push(prefix.clone());
+                        last = Some((prefix, None));
+                    }
+                    cursor = past;
+                    continue 'scan;
+                }
+                None => {
+                    let id = String::from_utf8(id.to_vec())
+                        .map_err(|_| codec::corrupt(UPLOAD_INDEX, "upload id not utf-8"))?;
+                    let upload = require_upload(view, &id)?;
+                    last = Some((upload.key.clone(), Some(id)));
+                    page.uploads.push(upload);
+                    cursor = key_after(&index);
+                }
+            }
+        }
     }
     if page.is_truncated {
-        page.next_marker = page.uploads.last().map(|u| (u.key.clone(), u.upload_id.clone()));
+        page.next_marker = last;
     }
     Ok(page)
 }

@@ -314,6 +314,8 @@ pub struct ListObjectsPage {
 pub struct ListUploadsRequest {
     pub bucket: String,
     pub prefix: String,
+    /// Rolls keys up into common prefixes, as in object listings.
+    pub delimiter: Option<String>,
     pub key_marker: Option<String>,
     pub upload_id_marker: Option<String>,
     /// Capped at 1000.
@@ -323,9 +325,11 @@ pub struct ListUploadsRequest {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadsPage {
     pub uploads: Vec<UploadRecord>,
+    pub common_prefixes: Vec<String>,
     pub is_truncated: bool,
-    /// When truncated: (key marker, upload id marker) for the next page.
-    pub next_marker: Option<(String, String)>,
+    /// When truncated: the key marker (the last key or common prefix) and
+    /// the upload id marker (when the last entry was an upload).
+    pub next_marker: Option<(String, Option<String>)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

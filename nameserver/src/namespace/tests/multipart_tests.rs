@@ -242,6 +242,7 @@ fn list_uploads_by_key_then_upload_id_with_markers() {
         Query::ListUploads(ListUploadsRequest {
             bucket: "bkt".into(),
             prefix: prefix.into(),
+            delimiter: None,
             key_marker: key_marker.map(String::from),
             upload_id_marker: upload_id_marker.map(String::from),
             max_uploads: max,
@@ -257,7 +258,7 @@ fn list_uploads_by_key_then_upload_id_with_markers() {
     assert_eq!(ids(&list("", Some("b"), Some("1"), 100)), vec!["2", "3", "5"]);
     let first = list("", None, None, 2);
     assert!(first.is_truncated);
-    assert_eq!(first.next_marker, Some(("b".to_string(), "1".to_string())));
+    assert_eq!(first.next_marker, Some(("b".to_string(), Some("1".to_string()))));
     let second = list("", Some("b"), Some("1"), 2);
     assert_eq!(ids(&second), vec!["2", "3"]);
     assert_eq!(
@@ -267,4 +268,49 @@ fn list_uploads_by_key_then_upload_id_with_markers() {
         })),
         QueryResponse::Error(NamespaceError::NoSuchBucket("nobkt".into()))
     );
+}
+
+#[test]
+fn list_uploads_rolls_keys_up_under_a_delimiter() {
+    let mut db = Db::new();
+    db.bucket("bkt");
+    for (key, id) in [
+        ("logs/a", "1"),
+        ("logs/b", "2"),
+        ("photos/c", "3"),
+        ("top", "4"),
+        ("logs/x/y", "5"),
+    ] {
+        create_upload(&mut db, key, id);
+    }
+    let list = |key_marker: Option<&str>, max: usize| match db.query(Query::ListUploads(ListUploadsRequest {
+        bucket: "bkt".into(),
+        delimiter: Some("/".into()),
+        key_marker: key_marker.map(String::from),
+        max_uploads: max,
+        ..ListUploadsRequest::default()
+    })) {
+        QueryResponse::Uploads(page) => page,
+        other => panic!("{other:?}"),
+    };
+    let all = list(None, 100);
+    assert_eq!(all.common_prefixes, vec!["logs/".to_string(), "photos/".to_string()]);
+    assert_eq!(
+        all.uploads.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(),
+        vec!["top"]
+    );
+    assert!(!all.is_truncated);
+    // Pages of one entry visit logs/, photos/, top once each.
+    let mut seen = Vec::new();
+    let mut marker: Option<String> = None;
+    for _ in 0..10 {
+        let page = list(marker.as_deref(), 1);
+        seen.extend(page.common_prefixes.iter().cloned());
+        seen.extend(page.uploads.iter().map(|u| u.key.clone()));
+        if !page.is_truncated {
+            break;
+        }
+        marker = page.next_marker.map(|(key, _)| key);
+    }
+    assert_eq!(seen, vec!["logs/", "photos/", "top"]);
 }
