@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod errors;
 pub mod failpoints;
+pub mod intake;
 pub mod node;
 pub mod read;
 pub mod s3;

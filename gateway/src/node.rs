@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::backend::Backend;
 use crate::config::GatewayConfig;
 use crate::failpoints::Failpoints;
+use crate::intake::Intake;
 use crate::s3::access::{Access, Auth};
 use crate::s3::host::VirtualHosts;
 use crate::s3::TesseraS3;
@@ -50,8 +51,11 @@ impl Gateway {
             .with_context(|| format!("listening for S3 on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the S3 listen address")?;
         let (stop, stopped) = watch::channel(false);
-        let header_bytes_max = config.protocol.header_bytes_max;
-        let server = tokio::spawn(crate::server::serve(listener, service, header_bytes_max, stopped));
+        let intake = Intake {
+            header_bytes_max: config.protocol.header_bytes_max,
+            hosts: (!config.virtual_host_domains.is_empty()).then(|| VirtualHosts::new(&config.virtual_host_domains)),
+        };
+        let server = tokio::spawn(crate::server::serve(listener, service, intake, stopped));
         tracing::info!(%addr, "S3 gateway serving");
         Ok(Gateway {
             addr,

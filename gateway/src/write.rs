@@ -161,16 +161,18 @@ impl Backend {
 
     /// Step 7, after the answer: drops the GC entry. A failure is only
     /// logged; the entry's expiry settles it (reap answers "referenced").
-    pub fn confirm_later(self: &std::sync::Arc<Self>, uid: u128) {
-        if self.failpoints.check(WriteStep::Commit).is_err() {
-            return;
-        }
+    /// `Err` only from the `Commit` failpoint: the gateway "crashed" after
+    /// the name commit, so the client gets no success and no confirm is
+    /// sent.
+    pub fn confirm_later(self: &std::sync::Arc<Self>, uid: u128) -> Result<(), S3Error> {
+        self.failpoints.check(WriteStep::Commit)?;
         let backend = self.clone();
         tokio::spawn(async move {
             if let Err(e) = backend.os.confirm(uid).await {
                 tracing::info!(uid = %format_args!("{uid:032x}"), error = %e, "confirm lost; GC expiry settles it");
             }
         });
+        Ok(())
     }
 }
 

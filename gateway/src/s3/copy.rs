@@ -123,7 +123,7 @@ pub async fn copy_object(
         condition: CommitCondition::None,
     };
     backend.ns.commit_name(&commit).await.map_err(ns_error)?;
-    backend.confirm_later(upload.uid);
+    backend.confirm_later(upload.uid)?;
     let output = CopyObjectOutput {
         copy_object_result: Some(CopyObjectResult {
             e_tag: Some(meta::etag(&etag)),

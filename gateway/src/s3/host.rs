@@ -19,7 +19,7 @@ impl VirtualHosts {
     }
 
     /// The bucket `host` names, if it is `bucket.<base domain>`.
-    fn bucket_of<'a>(&self, host: &'a str) -> Option<&'a str> {
+    pub fn bucket_of<'a>(&self, host: &'a str) -> Option<&'a str> {
         let name = match host.rsplit_once(':') {
             Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
             _ => host,

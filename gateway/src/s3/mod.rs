@@ -7,7 +7,7 @@
 pub mod access;
 mod buckets;
 mod copy;
-mod digest;
+pub(crate) mod digest;
 pub mod host;
 mod listing;
 pub mod meta;

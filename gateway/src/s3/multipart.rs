@@ -112,7 +112,7 @@ pub async fn record_part(
         },
     };
     backend.ns.put_part(&request).await.map_err(ns_error)?;
-    backend.confirm_later(upload.uid);
+    backend.confirm_later(upload.uid)?;
     Ok(())
 }
 

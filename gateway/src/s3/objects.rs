@@ -150,7 +150,7 @@ pub async fn put(backend: &Arc<Backend>, req: S3Request<PutObjectInput>) -> S3Re
         condition,
     };
     backend.ns.commit_name(&commit).await.map_err(ns_error)?;
-    backend.confirm_later(upload.uid);
+    backend.confirm_later(upload.uid)?;
     let output = PutObjectOutput {
         e_tag: Some(meta::etag(&etag)),
         ..checksums_out(&digests)
