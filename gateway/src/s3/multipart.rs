@@ -19,7 +19,7 @@ use tessera_common::ns_api::{
 
 use super::digest::{hex, unhex, BodyDigest, ExpectedChecksums};
 use super::meta::{self, check_key, Headers};
-use super::objects::{body_len, body_or_empty, commit_condition, precheck};
+use super::objects::{body_len, commit_condition, precheck, receive, Received};
 use crate::backend::Backend;
 use crate::errors::ns_error;
 use crate::failpoints::WriteStep;
@@ -129,7 +129,7 @@ pub async fn upload_part(
         .await
         .map_err(ns_error)?
         .ok_or_else(|| s3_error!(NoSuchBucket))?;
-    let mut digest = BodyDigest::new(ExpectedChecksums {
+    let digest = BodyDigest::new(ExpectedChecksums {
         crc32: input.checksum_crc32,
         crc32c: input.checksum_crc32c,
         crc64nvme: input.checksum_crc64nvme,
@@ -146,17 +146,13 @@ pub async fn upload_part(
     };
     backend.ns.list_parts(&probe).await.map_err(ns_error)?;
     let mut upload = backend.begin_write(None, bucket.policy, declared.unwrap_or(0)).await?;
-    let body = body_or_empty(input.body);
-    let size = backend
-        .write_body(&mut upload, body, PART_BYTES_MAX, &mut digest)
-        .await?;
-    if declared.is_some_and(|d| d != size) {
-        return Err(s3_error!(
-            IncompleteBody,
-            "received {size} bytes of the declared Content-Length"
-        ));
-    }
-    let digests = digest.verify(trailers.as_ref())?;
+    let body = Received {
+        body: input.body,
+        declared,
+        len_max: PART_BYTES_MAX,
+        trailers,
+    };
+    let (size, digests) = receive(backend, &mut upload, body, digest).await?;
     let etag = hex(&digests.md5);
     record_part(
         backend,

@@ -14,14 +14,14 @@ use s3s::dto::{
     ETagCondition, GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput, PutObjectInput, PutObjectOutput,
     StreamingBlob,
 };
-use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result};
+use s3s::{s3_error, S3Error, S3Request, S3Response, S3Result, TrailingHeaders};
 use tessera_common::ns_api::{system_meta, CommitCondition, CommitNameReq, ObjectInfo};
 
 use super::digest::{hex, BodyDigest, Digests, ExpectedChecksums};
 use super::meta::{self, check_key, Headers, Preconditions};
 use crate::backend::Backend;
 use crate::errors::ns_error;
-use crate::write::PUT_BYTES_MAX;
+use crate::write::{Upload, PUT_BYTES_MAX};
 
 /// Keys one DeleteObjects may name.
 const DELETE_KEYS_MAX: usize = 1000;
@@ -88,8 +88,36 @@ pub fn body_len(content_length: Option<i64>, max: u64) -> Result<Option<u64>, S3
 }
 
 /// The request body, or an empty one.
-pub fn body_or_empty(body: Option<StreamingBlob>) -> StreamingBlob {
+fn body_or_empty(body: Option<StreamingBlob>) -> StreamingBlob {
     body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()))
+}
+
+/// A request body as it arrives: its stream, the `Content-Length` it
+/// declared, its size bound and its trailers.
+pub struct Received {
+    pub body: Option<StreamingBlob>,
+    pub declared: Option<u64>,
+    pub len_max: u64,
+    pub trailers: Option<TrailingHeaders>,
+}
+
+/// Step 4 of a write: streams `body` into `upload`, then checks that every
+/// declared byte came and that the digests match. The size and digests.
+pub async fn receive(
+    backend: &Backend,
+    upload: &mut Upload,
+    body: Received,
+    mut digest: BodyDigest,
+) -> Result<(u64, Digests), S3Error> {
+    let stream = body_or_empty(body.body);
+    let size = backend.write_body(upload, stream, body.len_max, &mut digest).await?;
+    if body.declared.is_some_and(|d| d != size) {
+        return Err(s3_error!(
+            IncompleteBody,
+            "received {size} bytes of the declared Content-Length"
+        ));
+    }
+    Ok((size, digest.verify(body.trailers.as_ref())?))
 }
 
 pub async fn put(backend: &Arc<Backend>, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
@@ -111,7 +139,7 @@ pub async fn put(backend: &Arc<Backend>, req: S3Request<PutObjectInput>) -> S3Re
         cache_control: input.cache_control,
         expires: input.expires,
     };
-    let mut digest = BodyDigest::new(ExpectedChecksums {
+    let digest = BodyDigest::new(ExpectedChecksums {
         crc32: input.checksum_crc32,
         crc32c: input.checksum_crc32c,
         crc64nvme: input.checksum_crc64nvme,
@@ -123,17 +151,13 @@ pub async fn put(backend: &Arc<Backend>, req: S3Request<PutObjectInput>) -> S3Re
     precheck(backend, &input.bucket, &input.key, &condition).await?;
     let name = Some((input.bucket.as_str(), input.key.as_str()));
     let mut upload = backend.begin_write(name, bucket.policy, declared.unwrap_or(0)).await?;
-    let body = body_or_empty(input.body);
-    let size = backend
-        .write_body(&mut upload, body, PUT_BYTES_MAX, &mut digest)
-        .await?;
-    if declared.is_some_and(|d| d != size) {
-        return Err(s3_error!(
-            IncompleteBody,
-            "received {size} bytes of the declared Content-Length"
-        ));
-    }
-    let digests = digest.verify(trailers.as_ref())?;
+    let body = Received {
+        body: input.body,
+        declared,
+        len_max: PUT_BYTES_MAX,
+        trailers,
+    };
+    let (size, digests) = receive(backend, &mut upload, body, digest).await?;
     let etag = hex(&digests.md5);
     let mut system_meta = headers.to_system_meta();
     system_meta.extend(digests.checksums.iter().cloned());
