@@ -743,3 +743,64 @@ async fn graceful_shutdown_finishes_calls_in_flight_and_refuses_new_ones() {
     }
     assert_eq!(probe.invocations.load(Ordering::SeqCst), 2);
 }
+
+/// A server killed without closing anything (its runtime dropped, as kill -9
+/// would) and restarted on the same address with the same identity answers
+/// the old connection's packets with a stateless reset the client accepts:
+/// the client's next call reconnects at once instead of waiting out the
+/// QUIC idle timeout (the fault tests saw 20-40 s stalls before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_resets_the_connections_of_its_previous_life() {
+    let dir = cluster(&["server", "client"]);
+    let (probe, _started) = probe();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let first_life = std::thread::spawn({
+        let (dir, probe) = (dir.path().to_owned(), probe.clone());
+        move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let any_port = LOCALHOST_ANY_PORT.parse().unwrap();
+            let server = runtime
+                .block_on(start_server(&dir, any_port, &probe, Duration::ZERO))
+                .unwrap();
+            addr_tx.send(server.local_addr()).unwrap();
+            kill_rx.recv().unwrap();
+            std::mem::forget(server);
+            runtime.shutdown_background();
+        }
+    });
+    let addr = addr_rx.recv().unwrap();
+    let client = client(dir.path(), "client");
+    let sleep = |timeout_ms| {
+        let client = client.clone();
+        async move {
+            call::<Sleep, _>(
+                &client,
+                addr,
+                &SleepReq { sleep_ms: 0 },
+                Bytes::new(),
+                &opts(timeout_ms, 1, false),
+            )
+            .await
+        }
+    };
+    sleep(2000).await.expect("the first life answers");
+    kill_tx.send(()).unwrap();
+    first_life.join().unwrap();
+    let second_life = rebind(dir.path(), addr, &probe).await;
+    let started = Instant::now();
+    let (done, _) = sleep(1500)
+        .await
+        .expect("the second life answers through a new connection");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(done.invocation, 2);
+    second_life.shutdown().await;
+}
