@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, then every test of the workspace.
-# Tests use real files, real sockets on 127.0.0.1 and (for the disk-full test)
-# a small tmpfs, so run as root. Ends with one summary line over all test
-# binaries.
+# The whole test suite: formatting, lints, every test of the workspace, then
+# the fault tests on a docker-compose cluster (tessera-jepsen smoke).
+# Tests use real files, real sockets on 127.0.0.1, (for the disk-full test)
+# a small tmpfs, and docker and nsenter for the fault tests, so run as root.
+# Ends with one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== cargo fmt --check"
@@ -26,3 +27,6 @@ if [ "$status" -ne 0 ] || [ "${passed:-0}" -eq 0 ]; then
     echo "test suite FAILED (cargo exit status $status)" >&2
     exit 1
 fi
+echo "== fault tests: tessera-jepsen smoke (image from the debug binary, compose cluster)"
+cargo build -q -p tessera-cli -p tessera-jepsen --bins
+"${CARGO_TARGET_DIR:-target}/debug/tessera-jepsen" smoke

@@ -75,6 +75,8 @@ pub enum AdminCommand {
         #[command(subcommand)]
         action: NsAction,
     },
+    /// One HTTP GET (the containers' health check): exit 0 on a 2xx status.
+    Probe(crate::probe::ProbeArgs),
 }
 
 /// Which name servers to call, as whom.
@@ -192,6 +194,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             };
             ns_action(&target.client(config)?, action).await
         }
+        AdminCommand::Probe(args) => crate::probe::run(args).await,
     }
 }
 

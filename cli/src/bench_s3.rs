@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -63,6 +64,36 @@ pub struct S3BenchArgs {
     /// Size of the large object in MiB.
     #[arg(long, default_value_t = 64)]
     large_mib: usize,
+    /// A directory on the disk the endpoint stores to (for `tessera dev`,
+    /// its --data): measures that disk's sequential write of the bytes a
+    /// large PUT stores, as a second reference.
+    #[arg(long)]
+    disk_dir: Option<std::path::PathBuf>,
+    /// Bytes stored per byte of object: (k+m)/k of the bucket's EC policy.
+    #[arg(long, default_value_t = 1.5)]
+    disk_amplification: f64,
+}
+
+/// How patient an [`s3_client_with`] client is.
+#[derive(Clone, Copy, Debug)]
+pub struct S3ClientOptions {
+    /// To establish a connection.
+    pub connect_timeout: Duration,
+    /// From sending a request to its response head.
+    pub read_timeout: Duration,
+    /// Attempts per request, the first included (1: never retry).
+    pub max_attempts: u32,
+}
+
+impl Default for S3ClientOptions {
+    /// The benchmark's: generous timeouts, the SDK's default 3 attempts.
+    fn default() -> Self {
+        S3ClientOptions {
+            connect_timeout: CONNECT_TIMEOUT,
+            read_timeout: READ_TIMEOUT,
+            max_attempts: 3,
+        }
+    }
 }
 
 /// An S3 client for `endpoint` (http or https) with path-style addressing,
@@ -70,12 +101,23 @@ pub struct S3BenchArgs {
 /// checksums only where an operation requires them (not every S3 server
 /// accepts the SDK's default CRC32 trailers).
 pub fn s3_client(endpoint: &str, access_key: &str, secret_key: &str, region: &str) -> Client {
+    s3_client_with(endpoint, access_key, secret_key, region, S3ClientOptions::default())
+}
+
+/// [`s3_client`] with explicit timeouts and retries.
+pub fn s3_client_with(
+    endpoint: &str,
+    access_key: &str,
+    secret_key: &str,
+    region: &str,
+    options: S3ClientOptions,
+) -> Client {
     let http_client = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
         .build_https();
     let timeouts = TimeoutConfig::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
+        .connect_timeout(options.connect_timeout)
+        .read_timeout(options.read_timeout)
         .build();
     let credentials = Credentials::new(access_key, secret_key, None, None, "tessera-static");
     let config = aws_sdk_s3::Config::builder()
@@ -86,6 +128,7 @@ pub fn s3_client(endpoint: &str, access_key: &str, secret_key: &str, region: &st
         .force_path_style(true)
         .http_client(http_client)
         .timeout_config(timeouts)
+        .retry_config(RetryConfig::standard().with_max_attempts(options.max_attempts))
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .build();
@@ -98,7 +141,11 @@ pub async fn run(args: S3BenchArgs) -> anyhow::Result<()> {
     let bench = Arc::new(Bench::new(client, args.bucket));
     let duration = Duration::from_secs(args.seconds.max(1));
     let small = small_objects(&bench, duration).await;
-    let large = large_object(&bench, args.large_mib.max(1) * MIB).await;
+    let disk = args
+        .disk_dir
+        .as_deref()
+        .map(|dir| (dir, args.disk_amplification.max(1.0)));
+    let large = large_object(&bench, args.large_mib.max(1) * MIB, disk).await;
     let cleanup = bench.delete_created().await;
     println!(
         "{:<40} {:>12} objects, {} failed",
@@ -440,11 +487,17 @@ struct LargeResults {
     size_bytes: usize,
     put_mb_s: f64,
     get_mb_s: f64,
+    /// The reference disk's write rate of the stored bytes, if measured.
+    disk_mb_s: Option<f64>,
     md5_mb_s: f64,
     etag_is_md5: bool,
 }
 
-async fn large_object(bench: &Bench, size_bytes: usize) -> anyhow::Result<LargeResults> {
+async fn large_object(
+    bench: &Bench,
+    size_bytes: usize,
+    disk: Option<(&std::path::Path, f64)>,
+) -> anyhow::Result<LargeResults> {
     let data = random_bytes(size_bytes);
     let reference = data.clone();
     let (md5_mb_s, md5_hex) = tokio::task::spawn_blocking(move || md5_rate(&reference))
@@ -458,6 +511,24 @@ async fn large_object(bench: &Bench, size_bytes: usize) -> anyhow::Result<LargeR
     let put_mb_s = mb_s(size_bytes, started.elapsed());
     report(&format!("PUT {mib} MiB, 1 stream"), put_mb_s, "MB/s");
     println!("{:<40} {:>12.2}", "PUT 1 stream / MD5 1 core", put_mb_s / md5_mb_s);
+    let mut disk_mb_s = None;
+    if let Some((dir, amplification)) = disk {
+        let stored_bytes = (size_bytes as f64 * amplification) as usize;
+        let rate = disk_write_rate(dir, &data, stored_bytes)
+            .with_context(|| format!("measuring the disk under {}", dir.display()))?;
+        report(
+            &format!("disk write {} MiB + fdatasync", stored_bytes / MIB),
+            rate,
+            "MB/s",
+        );
+        // The object rate that disk allows when it stores `amplification` bytes per byte.
+        println!(
+            "{:<40} {:>12.2}",
+            "PUT 1 stream / (disk / amplification)",
+            put_mb_s * amplification / rate
+        );
+        disk_mb_s = Some(rate);
+    }
     let started = Instant::now();
     let got = bench.get(&key).await?;
     let get_mb_s = mb_s(size_bytes, started.elapsed());
@@ -468,8 +539,26 @@ async fn large_object(bench: &Bench, size_bytes: usize) -> anyhow::Result<LargeR
         put_mb_s,
         get_mb_s,
         md5_mb_s,
+        disk_mb_s,
         etag_is_md5: etag.is_some_and(|etag| etag.trim_matches('"') == md5_hex),
     })
+}
+
+/// Sequential write of `stored_bytes` (repeating `data`) to a new file in
+/// `dir`, with one fdatasync at the end, in MB/s.
+fn disk_write_rate(dir: &std::path::Path, data: &[u8], stored_bytes: usize) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let file = tempfile::NamedTempFile::new_in(dir).context("creating a scratch file")?;
+    let mut writer = file.as_file();
+    let started = Instant::now();
+    let mut written = 0;
+    while written < stored_bytes {
+        let n = (stored_bytes - written).min(data.len());
+        writer.write_all(&data[..n]).context("writing")?;
+        written += n;
+    }
+    writer.sync_data().context("fdatasync")?;
+    Ok(mb_s(stored_bytes, started.elapsed()))
 }
 
 fn random_bytes(size_bytes: usize) -> Bytes {
@@ -565,6 +654,7 @@ fn summary(
         "md5_mb_s": large.map(|l| l.md5_mb_s),
         "ratio_large_put_vs_md5": large.map(|l| l.put_mb_s / l.md5_mb_s),
         "ratio_large_get_vs_md5": large.map(|l| l.get_mb_s / l.md5_mb_s),
+        "disk_write_mb_s": large.and_then(|l| l.disk_mb_s),
         "large_etag_is_md5": large.map(|l| l.etag_is_md5),
         "objects_deleted": cleanup.ops,
         "delete_errors": cleanup.errors,

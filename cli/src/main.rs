@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod bench_ns;
 mod keys;
+mod probe;
 mod status;
 
 use std::path::PathBuf;

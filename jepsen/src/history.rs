@@ -338,6 +338,11 @@ impl Recorder {
         events.len() - 1
     }
 
+    /// The instant event times are measured from.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// A copy of the events recorded so far.
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()

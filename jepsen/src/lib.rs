@@ -2,7 +2,14 @@
 //!
 //! * [`history`]: recorded client operations (JSON Lines) and their pairing;
 //! * [`checker`]: per-key linearizability checking (WGL with memoization,
-//!   bounded per key) against the models in [`checker::models`];
+//!   bounded per key) against the models in [`checker::models`], and the
+//!   set checker ([`checker::set`]);
+//! * [`control`]: the cluster and its faults behind one trait (backend
+//!   [`control::compose`]: the docker-compose cluster of `deploy/`);
+//! * [`nemesis`]: faults on a schedule; [`workload`] and [`s3ops`]: the
+//!   register, set and multipart workloads through the real S3 API;
+//! * [`run`]: one scenario from start to verdict, [`plot`] its SVG, and
+//!   [`smoke`] the matrix CI runs;
 //! * [`sim`]: a reference concurrent simulation producing linearizable
 //!   histories, for tests and throughput measurements.
 //!
@@ -22,8 +29,15 @@
 //! milliseconds.
 
 pub mod checker;
+pub mod control;
 pub mod history;
+pub mod nemesis;
+pub mod plot;
+pub mod run;
+pub mod s3ops;
 pub mod sim;
+pub mod smoke;
+pub mod workload;
 
 pub use checker::models::{Model, Register, SetModel};
 pub use checker::{check, check_events, CheckError, CheckOptions, CheckResult, Failure, KeyOutcome, KeyReport, Report};

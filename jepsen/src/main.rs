@@ -5,18 +5,24 @@
 //! [--json]` checks a JSON Lines history for linearizability (`--json`
 //! prints the full per-key report as JSON). Exit status:
 //! 0 linearizable, 1 not linearizable, 2 error (bad arguments or malformed
-//! history), 3 unknown (a key ran out of budget). The fault tests themselves
-//! are not built yet.
+//! history), 3 unknown (a key ran out of budget).
+//!
+//! `tessera-jepsen smoke [--seconds N] [--runs N] [--scenarios kill,pause,partition]
+//! [--binary PATH] [--keep] [--reuse]` runs the fault tests against the
+//! docker-compose cluster of `deploy/` (see [`tessera_jepsen::smoke`]).
+//! Exit status: 0 every verdict valid, 1 some verdict invalid, 2 error.
 
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use tessera_jepsen::smoke::SmokeArgs;
 use tessera_jepsen::{check_events, read_jsonl, CheckOptions, CheckResult, Event, Model, Register, Report, SetModel};
 
 const USAGE: &str = concat!(
-    "usage: tessera-jepsen check FILE [--model register|set] [--max-steps N] [--max-states N]\n",
+    "usage: tessera-jepsen smoke [--help]\n",
+    "       tessera-jepsen check FILE [--model register|set] [--max-steps N] [--max-states N]\n",
     "       [--max-memo-mib N] [--time-limit-ms N] [--no-minimize] [--json]"
 );
 
@@ -29,8 +35,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("smoke") {
+        return smoke(&argv);
+    }
     if argv.first().map(String::as_str) != Some("check") {
-        eprintln!("tessera-jepsen: fault tests are not built yet (issue 6)");
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
@@ -38,6 +46,35 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tessera-jepsen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[derive(clap::Parser)]
+#[command(
+    name = "tessera-jepsen smoke",
+    about = "Fault tests against the docker-compose cluster"
+)]
+struct SmokeCommand {
+    #[command(flatten)]
+    args: SmokeArgs,
+}
+
+fn smoke(argv: &[String]) -> ExitCode {
+    let command = <SmokeCommand as clap::Parser>::parse_from(argv);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tessera-jepsen: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(tessera_jepsen::smoke::smoke(&command.args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("tessera-jepsen: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -12,6 +12,7 @@
 //! names the completion at which the history stopped being linearizable.
 
 pub mod models;
+pub mod set;
 mod wgl;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,85 @@
+//! Cluster control for the fault tests: which nodes a cluster has and the
+//! faults the nemesis can inflict on them (kill -9, restart, pause, network
+//! partitions), behind one trait so a scenario runs the same on any backend.
+//!
+//! Every method blocks (it runs `docker` or `iptables`); async callers use
+//! `spawn_blocking`. Methods are idempotent where the fault allows it:
+//! healing a healed network or resuming a running node succeeds.
+
+pub mod compose;
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+/// What a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    NameServer,
+    ObjectServer,
+    ChunkServer,
+    Gateway,
+}
+
+/// One process of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Node {
+    /// Short name (`ns1`, `os2`, `cs6`, `gw1`).
+    pub name: String,
+    pub role: Role,
+    /// Its address on the cluster network (what partitions cut).
+    pub ip: Ipv4Addr,
+    /// Raft node id of a name server (0 for other roles).
+    pub raft_id: u64,
+}
+
+/// The faults a nemesis can inflict, and the admin commands it needs to
+/// aim them (the name-server leader, the cluster's accounting).
+pub trait Control: Send + Sync {
+    /// Every node of the cluster.
+    fn nodes(&self) -> &[Node];
+
+    /// SIGKILL: the process dies without flushing anything.
+    fn kill(&self, node: &Node) -> anyhow::Result<()>;
+
+    /// Starts a killed node again on its data.
+    fn start(&self, node: &Node) -> anyhow::Result<()>;
+
+    /// SIGSTOP every process of the node.
+    fn pause(&self, node: &Node) -> anyhow::Result<()>;
+
+    /// SIGCONT every process of the node.
+    fn resume(&self, node: &Node) -> anyhow::Result<()>;
+
+    /// Drops every packet between nodes of different groups; nodes in no
+    /// group keep talking to everyone.
+    fn partition(&self, groups: &[Vec<Node>]) -> anyhow::Result<()>;
+
+    /// Removes every partition.
+    fn heal(&self) -> anyhow::Result<()>;
+
+    /// Flips one random bit in each of up to `files_max` chunk files of a
+    /// chunk server, past the file header (bit rot under a running server);
+    /// returns how many files were hit.
+    fn corrupt_chunks(&self, node: &Node, files_max: usize, seed: u64) -> anyhow::Result<usize>;
+
+    /// Runs `tessera admin ARGS` against the name servers from inside the
+    /// cluster and returns its stdout.
+    fn admin(&self, args: &[&str]) -> anyhow::Result<String>;
+
+    /// The nodes of one role.
+    fn of_role(&self, role: Role) -> Vec<Node> {
+        self.nodes().iter().filter(|n| n.role == role).cloned().collect()
+    }
+
+    /// The name server the Raft group currently follows, if one is known.
+    fn ns_leader(&self) -> Option<Node> {
+        let out = self.admin(&["ns", "list"]).ok()?;
+        let leader = serde_json::from_str::<serde_json::Value>(out.trim())
+            .ok()?
+            .get("leader")?
+            .as_u64()?;
+        self.of_role(Role::NameServer).into_iter().find(|n| n.raft_id == leader)
+    }
+}
