@@ -187,7 +187,10 @@ fn choose(control: &dyn Control, kind: NemesisKind, cycle: u64, rng: &mut Rng) -
             // fragment on each, so no stripe loses more than m = 2.
             let chunk_servers = control.of_role(Role::ChunkServer);
             let node = chunk_servers[(cycle % 2) as usize % chunk_servers.len()].clone();
-            Fault::Corrupt { node, seed: rng.next_u64() }
+            Fault::Corrupt {
+                node,
+                seed: rng.next_u64(),
+            }
         }
         (NemesisKind::Partition, _) | (NemesisKind::None, _) => {
             // A minority (one name server and one object server) against
@@ -252,7 +255,10 @@ mod tests {
             Ok(())
         }
         fn corrupt_chunks(&self, node: &Node, files_max: usize, _seed: u64) -> anyhow::Result<usize> {
-            self.calls.lock().unwrap().push(format!("corrupt {} x{files_max}", node.name));
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("corrupt {} x{files_max}", node.name));
             Ok(files_max)
         }
         fn admin(&self, _args: &[&str]) -> anyhow::Result<String> {

@@ -149,7 +149,10 @@ fn require_tools() -> anyhow::Result<()> {
         ("iptables-restore", &["--version"]),
     ];
     for (program, args) in checks {
-        let ok = Command::new(program).args(args).output().is_ok_and(|out| out.status.success());
+        let ok = Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|out| out.status.success());
         if !ok {
             bail!(
                 "the fault tests need a running Docker engine, nsenter and iptables-restore, \

@@ -276,7 +276,7 @@ impl Workload {
         let mut ops = 0u64;
         while Instant::now() < deadline {
             ops += 1;
-            let kind = if ops % 10 == 0 {
+            let kind = if ops.is_multiple_of(10) {
                 self.set_read(&client, process).await
             } else {
                 self.set_add(&client, process).await
