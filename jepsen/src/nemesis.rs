@@ -261,6 +261,9 @@ mod tests {
                 .push(format!("corrupt {} x{files_max}", node.name));
             Ok(files_max)
         }
+        fn metrics(&self, node: &Node) -> anyhow::Result<String> {
+            Ok(format!("# TYPE x counter\nx{{node=\"{}\"}} 2\ny 1\n", node.name))
+        }
         fn admin(&self, _args: &[&str]) -> anyhow::Result<String> {
             Ok(r#"{"leader": 2, "term": 5}"#.into())
         }
@@ -310,6 +313,15 @@ mod tests {
             *control.calls.lock().unwrap(),
             vec!["partition [2, 12]".to_string(), "heal".into()]
         );
+    }
+
+    #[test]
+    fn counters_are_summed_over_every_node() {
+        let control = recording();
+        let totals = control.counter_totals(&["x", "absent"]);
+        assert_eq!(totals["x"], 2.0 * control.nodes().len() as f64);
+        assert_eq!(totals["absent"], 0.0);
+        assert!(!totals.contains_key("y"));
     }
 
     #[tokio::test]

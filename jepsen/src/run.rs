@@ -119,8 +119,19 @@ pub struct Verdict {
     pub integrity: IntegrityReport,
     pub garbage: GarbageReport,
     pub faults: Vec<FaultInterval>,
+    /// What the cluster itself counted during the run ([`OBSERVED_COUNTERS`],
+    /// summed over nodes, since the cluster started).
+    pub cluster_counters: std::collections::BTreeMap<String, f64>,
     pub results_dir: PathBuf,
 }
+
+/// Counters that show the faults were felt: corrupt blocks the chunk
+/// servers found, reads decoded from parity, fragments rebuilt.
+pub const OBSERVED_COUNTERS: &[&str] = &[
+    "chunk_corrupt_blocks_total",
+    "os_degraded_reads_total",
+    "os_repaired_fragments_total",
+];
 
 /// Runs `scenario` against the cluster and writes its results under
 /// `results_root`.
@@ -177,6 +188,10 @@ pub async fn run_scenario(
         large_acknowledged,
     };
     let garbage = check_garbage(&*control, &clients[0], scenario.quiesce_max).await;
+    let counting = Arc::clone(&control);
+    let cluster_counters = tokio::task::spawn_blocking(move || counting.counter_totals(OBSERVED_COUNTERS))
+        .await
+        .context("reading the cluster's counters")?;
     let verdict = Verdict {
         scenario: scenario.nemesis,
         valid: register.valid && set.valid && integrity.valid && garbage.valid,
@@ -186,6 +201,7 @@ pub async fn run_scenario(
         integrity,
         garbage,
         faults,
+        cluster_counters,
         results_dir: dir.clone(),
     };
     write_results(&dir, &verdict, &register_events, &set_events)?;

@@ -128,6 +128,8 @@ fn print_table(verdicts: &[Verdict]) {
             mark(v.garbage.valid),
             mark(v.valid)
         );
+        let counters: Vec<String> = v.cluster_counters.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        println!("  cluster counters so far: {}", counters.join(" "));
         if !v.valid {
             println!("  register: {}", v.register.result);
             println!(

@@ -88,11 +88,10 @@ impl Default for QuicTuning {
             min_mtu_bytes: 1200,
             segmentation_offload: true,
             socket_buffer_bytes: 4 * 1024 * 1024,
-            // A killed or restarted peer never closes its connections (its
-            // stateless-reset key is new), so silence is the only sign:
-            // calls on a dead cached connection fail within this bound
-            // instead of timing out one by one (the fault tests saw 20-40 s
-            // stalls at 30 s).
+            // A killed peer never closes its connections, so silence is the
+            // only sign: calls on a dead cached connection fail within this
+            // bound instead of timing out one by one (the fault tests saw
+            // 20-40 s stalls at 30 s).
             idle_timeout: Duration::from_secs(6),
             keep_alive_interval: Duration::from_secs(1),
             initial_rtt: Duration::from_millis(50),
@@ -124,13 +123,9 @@ impl QuicTuning {
         Ok(t)
     }
 
-    /// Endpoint configuration accepting datagrams up to `mtu_upper_bytes`;
-    /// stateless resets are signed with `reset_key` (a random key if none).
-    pub fn endpoint_config(
-        &self,
-        reset_key: Option<Arc<dyn quinn::crypto::HmacKey>>,
-    ) -> anyhow::Result<quinn::EndpointConfig> {
-        let mut e = reset_key.map_or_else(quinn::EndpointConfig::default, quinn::EndpointConfig::new);
+    /// Endpoint configuration accepting datagrams up to `mtu_upper_bytes`.
+    pub fn endpoint_config(&self) -> anyhow::Result<quinn::EndpointConfig> {
+        let mut e = quinn::EndpointConfig::default();
         let max_payload = self.mtu_upper_bytes.max(self.initial_mtu_bytes).max(1200);
         e.max_udp_payload_size(max_payload)
             .context("QUIC max UDP payload size out of range")?;
@@ -245,8 +240,7 @@ fn client_endpoint(tuning: &QuicTuning) -> anyhow::Result<quinn::Endpoint> {
         .bind_udp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
         .or_else(|_| tuning.bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))))
         .context("binding the client UDP socket")?;
-    quinn::Endpoint::new(tuning.endpoint_config(None)?, None, socket, runtime)
-        .context("creating the QUIC client endpoint")
+    quinn::Endpoint::new(tuning.endpoint_config()?, None, socket, runtime).context("creating the QUIC client endpoint")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -107,14 +107,8 @@ impl RpcServer {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server_config.transport_config(Arc::new(config.quic.transport_config(config.max_concurrent_streams)?));
         server_config.migration(false);
-        let reset_key = Arc::new(ResetKey::of(&identity));
-        let endpoint = quinn::Endpoint::new(
-            config.quic.endpoint_config(Some(reset_key))?,
-            Some(server_config),
-            udp,
-            runtime,
-        )
-        .context("creating the QUIC server endpoint")?;
+        let endpoint = quinn::Endpoint::new(config.quic.endpoint_config()?, Some(server_config), udp, runtime)
+            .context("creating the QUIC server endpoint")?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let shared = Arc::new(Shared {
             router,
@@ -504,42 +498,4 @@ fn bad_frame(peer: SocketAddr, transport: &'static str, e: &RpcError) {
 fn handshake_failed(peer: SocketAddr, transport: &'static str, e: &dyn std::fmt::Display) {
     metrics::counter!("rpc_server_handshake_failures_total", "transport" => transport).increment(1);
     tracing::debug!(%peer, transport, error = %e, "TLS handshake refused or failed");
-}
-
-/// The key a server signs QUIC stateless resets with, derived from its
-/// node key so that it survives a restart: packets of connections the old
-/// process held are answered with a reset the peer accepts, and the peer
-/// drops the dead connection at once instead of after its idle timeout.
-struct ResetKey([u8; 32]);
-
-impl ResetKey {
-    fn of(identity: &NodeIdentity) -> Self {
-        ResetKey(blake3::derive_key(
-            "tessera 2026-12 QUIC stateless reset key",
-            identity.key.secret_der(),
-        ))
-    }
-}
-
-impl quinn::crypto::HmacKey for ResetKey {
-    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
-        let mac = blake3::keyed_hash(&self.0, data);
-        let n = signature_out.len().min(32);
-        signature_out[..n].copy_from_slice(&mac.as_bytes()[..n]);
-    }
-
-    fn signature_len(&self) -> usize {
-        32
-    }
-
-    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
-        let expected = blake3::keyed_hash(&self.0, data);
-        let signature: [u8; 32] = signature.try_into().map_err(|_| quinn::crypto::CryptoError)?;
-        // blake3::Hash compares in constant time.
-        if expected == blake3::Hash::from(signature) {
-            Ok(())
-        } else {
-            Err(quinn::crypto::CryptoError)
-        }
-    }
 }

@@ -151,6 +151,29 @@ impl Control for Compose {
         Ok(hit)
     }
 
+    /// Every role serves `/metrics` on :9100 of its address (the host
+    /// reaches the bridge network).
+    fn metrics(&self, node: &Node) -> anyhow::Result<String> {
+        let address = std::net::SocketAddr::from((node.ip, METRICS_PORT));
+        let mut stream = std::net::TcpStream::connect_timeout(&address, METRICS_TIMEOUT)
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_read_timeout(Some(METRICS_TIMEOUT))?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response)
+            .with_context(|| format!("reading {address}/metrics"))?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("a response without a header end")?;
+        anyhow::ensure!(
+            head.starts_with("HTTP/1.1 200"),
+            "GET {address}/metrics: {}",
+            head.lines().next().unwrap_or("")
+        );
+        Ok(body.to_owned())
+    }
+
     /// Runs in the first gateway or name-server container that answers:
     /// a killed or paused node cannot run it, a partitioned one times out.
     fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -176,6 +199,9 @@ impl Control for Compose {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("the cluster has no gateway or name server")))
     }
 }
+
+const METRICS_PORT: u16 = 9100;
+const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Records start after the chunk file's header (chunkserver `format.rs`).
 const CHUNK_FILE_HEADER_BYTES: u64 = 4096;

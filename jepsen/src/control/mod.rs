@@ -64,9 +64,31 @@ pub trait Control: Send + Sync {
     /// returns how many files were hit.
     fn corrupt_chunks(&self, node: &Node, files_max: usize, seed: u64) -> anyhow::Result<usize>;
 
+    /// The node's Prometheus metrics (the text of `/metrics`).
+    fn metrics(&self, node: &Node) -> anyhow::Result<String>;
+
     /// Runs `tessera admin ARGS` against the name servers from inside the
     /// cluster and returns its stdout.
     fn admin(&self, args: &[&str]) -> anyhow::Result<String>;
+
+    /// The sum over every node of each counter named in `names` (nodes
+    /// that do not answer count nothing).
+    fn counter_totals(&self, names: &[&str]) -> std::collections::BTreeMap<String, f64> {
+        let mut totals: std::collections::BTreeMap<String, f64> = names.iter().map(|n| (n.to_string(), 0.0)).collect();
+        for node in self.nodes() {
+            let Ok(text) = self.metrics(node) else { continue };
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let Some((series, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let name = series.split('{').next().unwrap_or(series);
+                if let (Some(total), Ok(value)) = (totals.get_mut(name), value.parse::<f64>()) {
+                    *total += value;
+                }
+            }
+        }
+        totals
+    }
 
     /// The nodes of one role.
     fn of_role(&self, role: Role) -> Vec<Node> {
