@@ -28,5 +28,12 @@ if [ "$status" -ne 0 ] || [ "${passed:-0}" -eq 0 ]; then
     exit 1
 fi
 echo "== fault tests: tessera-jepsen smoke (image from the debug binary, compose cluster)"
-cargo build -q -p tessera-cli -p tessera-jepsen --bins
-"${CARGO_TARGET_DIR:-target}/debug/tessera-jepsen" smoke
+# `cargo test` built both binaries (their packages have integration tests);
+# a separate `cargo build` would rebuild dependencies without the tests'
+# features.
+harness="${CARGO_TARGET_DIR:-target}/debug/tessera-jepsen"
+if [ ! -x "$harness" ] || [ ! -x "${CARGO_TARGET_DIR:-target}/debug/tessera" ]; then
+    echo "the fault tests need the debug tessera and tessera-jepsen binaries that cargo test builds" >&2
+    exit 1
+fi
+"$harness" smoke

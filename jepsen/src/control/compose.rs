@@ -132,19 +132,24 @@ impl Control for Compose {
         let volume = format!("tessera_{}-data", node.name);
         let mountpoint = run("docker", &["volume", "inspect", "-f", "{{.Mountpoint}}", &volume])?;
         let chunks = Path::new(mountpoint.trim()).join("chunks");
-        let mut files: Vec<(PathBuf, u64)> = std::fs::read_dir(&chunks)
+        // The most recently written files, near their ends: the data the
+        // workload is about to read back, not long-dead bytes.
+        let mut files: Vec<(std::time::SystemTime, PathBuf, u64)> = std::fs::read_dir(&chunks)
             .with_context(|| format!("listing {}", chunks.display()))?
             .filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().ends_with(".chunk"))
-            .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
-            .filter(|(_, len)| *len > CHUNK_FILE_HEADER_BYTES + 64)
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, e.path(), meta.len()))
+            })
+            .filter(|(_, _, len)| *len > CHUNK_FILE_HEADER_BYTES + 64)
             .collect();
-        files.sort();
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
         let mut rng = Rng::new(seed);
         let mut hit = 0;
-        while hit < files_max && !files.is_empty() {
-            let (path, len) = files.swap_remove(rng.below(files.len() as u64) as usize);
-            let offset = CHUNK_FILE_HEADER_BYTES + rng.below(len - CHUNK_FILE_HEADER_BYTES);
+        for (_, path, len) in files.into_iter().take(files_max) {
+            let recent_bytes = (len - CHUNK_FILE_HEADER_BYTES).min(CORRUPT_WINDOW_BYTES);
+            let offset = len - recent_bytes + rng.below(recent_bytes);
             flip_bit(&path, offset, rng.below(8) as u8).with_context(|| format!("corrupting {}", path.display()))?;
             hit += 1;
         }
@@ -202,6 +207,9 @@ impl Control for Compose {
 
 const METRICS_PORT: u16 = 9100;
 const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Bit flips land within this many bytes of a chunk file's end.
+const CORRUPT_WINDOW_BYTES: u64 = 256 << 10;
 
 /// Records start after the chunk file's header (chunkserver `format.rs`).
 const CHUNK_FILE_HEADER_BYTES: u64 = 4096;

@@ -59,9 +59,10 @@ pub trait Control: Send + Sync {
     /// Removes every partition.
     fn heal(&self) -> anyhow::Result<()>;
 
-    /// Flips one random bit in each of up to `files_max` chunk files of a
-    /// chunk server, past the file header (bit rot under a running server);
-    /// returns how many files were hit.
+    /// Flips one random bit near the end of each of the `files_max` most
+    /// recently written chunk files of a chunk server (bit rot under a
+    /// running server, in data the workload still reads); returns how many
+    /// files were hit.
     fn corrupt_chunks(&self, node: &Node, files_max: usize, seed: u64) -> anyhow::Result<usize>;
 
     /// The node's Prometheus metrics (the text of `/metrics`).
