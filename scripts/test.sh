@@ -37,3 +37,5 @@ if [ ! -x "$harness" ] || [ ! -x "${CARGO_TARGET_DIR:-target}/debug/tessera" ]; 
     exit 1
 fi
 "$harness" smoke
+echo "== fault tests: the local backend (the same topology as processes in network namespaces)"
+"$harness" smoke --backend local --scenarios kill,partition

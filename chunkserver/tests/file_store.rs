@@ -20,6 +20,7 @@ use tessera_common::chunk_api::ChunkError;
 use tessera_common::ids::{ChunkId, Epoch};
 
 const C1: ChunkId = ChunkId(0xc1);
+const C2: ChunkId = ChunkId(0xc2);
 const E1: Epoch = Epoch(1);
 
 fn config(dir: &Path) -> FileStoreConfig {
@@ -264,6 +265,43 @@ async fn flipped_bit_is_reported_corrupt_by_reads_and_scrub() {
     // Reads and scrub count each bad block once.
     assert_eq!(store.disks().await[0].corrupt_blocks, 1);
     assert_eq!(store.corrupt_blocks_total(), 1);
+}
+
+/// A chunk file cut short under the running server is lost data in the
+/// blocks past the cut, found by their checksums; the disk stays healthy and
+/// keeps taking writes, and the blocks before the cut still read.
+#[tokio::test]
+async fn truncated_file_under_a_running_store_is_corrupt_blocks_not_a_sick_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let first = pattern(30, 3 * 4096);
+    let store = open(&config).await;
+    store.create(C1, E1).await.expect("create");
+    append_all(&store, C1, E1, std::slice::from_ref(&first)).await;
+    let path = chunk_file(dir.path(), C1);
+    // Keep the record's header, checksums and first data block.
+    let cut = data_pos(FILE_HEADER_BYTES, first.len() as u64) + 4096;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open chunk file")
+        .set_len(cut)
+        .expect("truncate");
+
+    assert_eq!(&store.read(C1, 0, 4096).await.expect("block 0")[..], &first[..4096]);
+    let corrupt = Err(ChunkError::Corrupt {
+        chunk: C1,
+        offset: 4096,
+    });
+    assert_eq!(store.read(C1, 4096, 10).await, corrupt);
+    assert_eq!(store.read(C1, 0, first.len() as u64).await, corrupt);
+    let report = store.scrub(C1).await.expect("scrub");
+    assert_eq!(report.corrupt_offsets, vec![4096, 8192]);
+    let disk = &store.disks().await[0];
+    assert!(disk.healthy, "a truncated file is not a failing disk");
+    assert_eq!(disk.corrupt_blocks, 2);
+    store.create(C2, E1).await.expect("the disk still takes new chunks");
+    append_all(&store, C2, E1, &[pattern(31, 100)]).await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! 0 linearizable, 1 not linearizable, 2 error (bad arguments or malformed
 //! history), 3 unknown (a key ran out of budget).
 //!
-//! `tessera-jepsen smoke [--seconds N] [--runs N] [--scenarios kill,pause,partition]
+//! `tessera-jepsen smoke [--seconds N] [--runs N] [--scenarios kill,pause,partition,corrupt,membership]
 //! [--binary PATH] [--keep] [--reuse]` runs the fault tests against the
 //! docker-compose cluster of `deploy/` (see [`tessera_jepsen::smoke`]).
 //! Exit status: 0 every verdict valid, 1 some verdict invalid, 2 error.

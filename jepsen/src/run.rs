@@ -119,8 +119,10 @@ pub struct Verdict {
     pub integrity: IntegrityReport,
     pub garbage: GarbageReport,
     pub faults: Vec<FaultInterval>,
+    /// Whether the faults took effect (see [`faults_felt`]).
+    pub faults_felt: FaultsFelt,
     /// What the cluster itself counted during the run ([`OBSERVED_COUNTERS`],
-    /// summed over nodes, since the cluster started).
+    /// summed over nodes; a restarted node's count starts again at zero).
     pub cluster_counters: std::collections::BTreeMap<String, f64>,
     pub results_dir: PathBuf,
 }
@@ -132,6 +134,42 @@ pub const OBSERVED_COUNTERS: &[&str] = &[
     "os_degraded_reads_total",
     "os_repaired_fragments_total",
 ];
+
+/// Whether a scenario's faults took effect: a run whose faults all failed
+/// to be inflicted, or whose chunk damage no server ever noticed, proved
+/// nothing and is not valid.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultsFelt {
+    pub valid: bool,
+    pub why: String,
+}
+
+/// Judges `faults` of a `kind` scenario and what the cluster counted.
+pub fn faults_felt(
+    kind: NemesisKind,
+    faults: &[FaultInterval],
+    counters: &std::collections::BTreeMap<String, f64>,
+) -> FaultsFelt {
+    let inflicted = faults.iter().filter(|f| f.error.is_none()).count();
+    let felt = |valid: bool, why: String| FaultsFelt { valid, why };
+    if kind == NemesisKind::None {
+        return felt(true, "no faults by design".into());
+    }
+    if inflicted == 0 {
+        return felt(false, format!("none of {} faults was inflicted cleanly", faults.len()));
+    }
+    let corrupt_blocks = counters.get("chunk_corrupt_blocks_total").copied().unwrap_or(0.0);
+    if kind == NemesisKind::Corrupt && corrupt_blocks < 1.0 {
+        return felt(
+            false,
+            "chunk files were damaged but no server found a corrupt block".into(),
+        );
+    }
+    felt(
+        true,
+        format!("{inflicted} of {} faults inflicted cleanly", faults.len()),
+    )
+}
 
 /// Runs `scenario` against the cluster and writes its results under
 /// `results_root`.
@@ -153,6 +191,10 @@ pub async fn run_scenario(
     let bucket = format!("jepsen-{name}");
     create_bucket(&clients[0], &bucket, &credentials.region).await?;
 
+    let counting = Arc::clone(&control);
+    let counters_before = tokio::task::spawn_blocking(move || counting.counter_totals(OBSERVED_COUNTERS))
+        .await
+        .context("reading the cluster's counters")?;
     let workload = Workload::new(scenario.workload, clients.clone(), bucket);
     let base = workload.register.started();
     let deadline = Instant::now() + scenario.duration;
@@ -189,18 +231,24 @@ pub async fn run_scenario(
     };
     let garbage = check_garbage(&*control, &clients[0], scenario.quiesce_max).await;
     let counting = Arc::clone(&control);
-    let cluster_counters = tokio::task::spawn_blocking(move || counting.counter_totals(OBSERVED_COUNTERS))
+    let mut cluster_counters = tokio::task::spawn_blocking(move || counting.counter_totals(OBSERVED_COUNTERS))
         .await
         .context("reading the cluster's counters")?;
+    for (name, total) in &mut cluster_counters {
+        // A node restarted during the run counts from zero again.
+        *total = (*total - counters_before.get(name).copied().unwrap_or(0.0)).max(0.0);
+    }
+    let faults_felt = faults_felt(scenario.nemesis, &faults, &cluster_counters);
     let verdict = Verdict {
         scenario: scenario.nemesis,
-        valid: register.valid && set.valid && integrity.valid && garbage.valid,
+        valid: register.valid && set.valid && integrity.valid && garbage.valid && faults_felt.valid,
         duration_s,
         register,
         set,
         integrity,
         garbage,
         faults,
+        faults_felt,
         cluster_counters,
         results_dir: dir.clone(),
     };
@@ -361,4 +409,35 @@ fn write_results(dir: &Path, verdict: &Verdict, register: &[Event], set: &[Event
     let svg = crate::plot::render(&title, &[register, set], &verdict.faults, verdict.duration_s);
     std::fs::write(dir.join("latency.svg"), svg).context("writing latency.svg")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn interval(error: Option<&str>) -> FaultInterval {
+        FaultInterval {
+            kind: NemesisKind::Corrupt,
+            target: "corrupt 3 chunk files of cs1".into(),
+            start_s: 5.0,
+            end_s: 15.0,
+            error: error.map(String::from),
+        }
+    }
+
+    #[test]
+    fn faults_that_were_never_inflicted_or_never_noticed_prove_nothing() {
+        let found = BTreeMap::from([("chunk_corrupt_blocks_total".to_string(), 3.0)]);
+        let nothing_found = BTreeMap::from([("chunk_corrupt_blocks_total".to_string(), 0.0)]);
+        let clean = [interval(None), interval(Some("inflicting: docker failed"))];
+        let failed = [interval(Some("inflicting: docker failed"))];
+        assert!(faults_felt(NemesisKind::Corrupt, &clean, &found).valid);
+        assert!(!faults_felt(NemesisKind::Corrupt, &clean, &nothing_found).valid);
+        assert!(!faults_felt(NemesisKind::Kill, &failed, &found).valid);
+        assert!(!faults_felt(NemesisKind::Kill, &[], &found).valid);
+        assert!(faults_felt(NemesisKind::Kill, &clean, &nothing_found).valid);
+        assert!(faults_felt(NemesisKind::None, &[], &nothing_found).valid);
+    }
 }

@@ -604,6 +604,11 @@ struct SpanReader {
 
 impl SpanReader {
     /// `ranges` must be sorted and non-overlapping (as records are in a file).
+    ///
+    /// A file shorter than its index (truncated under the running server)
+    /// reads as zeros past its end, so the block checksums flag exactly the
+    /// lost blocks corrupt: lost data, repaired from the stripe, rather than
+    /// an I/O error that would mark the whole disk unhealthy.
     fn read(file: &File, ranges: &[(u64, u64)]) -> io::Result<Self> {
         let mut bounds: Vec<(u64, u64)> = Vec::new();
         for &(start, end) in ranges {
@@ -615,7 +620,7 @@ impl SpanReader {
         let mut spans = Vec::with_capacity(bounds.len());
         for (start, end) in bounds {
             let mut bytes = vec![0u8; (end - start) as usize];
-            sys::pread_exact(file, &mut bytes, start)?;
+            sys::pread_to_eof(file, &mut bytes, start)?;
             spans.push((start, bytes));
         }
         Ok(SpanReader { spans })

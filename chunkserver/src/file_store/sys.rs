@@ -63,6 +63,22 @@ pub fn pread_exact(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     file.read_exact_at(buf, offset)
 }
 
+/// Reads `buf.len()` bytes at `offset`, or as many as the file holds:
+/// returns how many were read; the rest of `buf` is left as it was.
+pub fn pread_to_eof(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    debug_assert!(done <= buf.len());
+    Ok(done)
+}
+
 /// Flushes every dirty page and the journal of the filesystem holding `file`.
 pub fn syncfs(file: &File) -> io::Result<()> {
     // SAFETY: plain syscall on a file descriptor we own.

@@ -7,10 +7,73 @@
 //! healing a healed network or resuming a running node succeeds.
 
 pub mod compose;
+pub mod host;
+pub mod local;
 
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
+
+/// The cluster of deploy/ (3 name servers, 3 object servers, 6 chunk
+/// servers, 2 gateways) on network `net`.0/24: a node's address ends in
+/// 10 + i for name servers, 20 + i object servers, 30 + i chunk servers and
+/// 40 + i gateways, and a name server's Raft id is that last octet
+/// (deploy/compose/nsN.toml).
+pub fn topology(net: [u8; 3]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    let mut add = |prefix: &str, role: Role, count: u8, ip_base: u8| {
+        for i in 1..=count {
+            nodes.push(Node {
+                name: format!("{prefix}{i}"),
+                role,
+                ip: Ipv4Addr::new(net[0], net[1], net[2], ip_base + i),
+                raft_id: if role == Role::NameServer {
+                    u64::from(ip_base + i)
+                } else {
+                    0
+                },
+            });
+        }
+    };
+    add("ns", Role::NameServer, 3, 10);
+    add("os", Role::ObjectServer, 3, 20);
+    add("cs", Role::ChunkServer, 6, 30);
+    add("gw", Role::Gateway, 2, 40);
+    nodes
+}
+
+/// For each node, the peers whose packets it drops.
+pub type Grudge = Vec<(Node, Vec<Node>)>;
+
+/// The grudge of a partition into `groups`: every node drops packets from
+/// the nodes of every other group.
+pub fn grudge_of_groups(groups: &[Vec<Node>]) -> Grudge {
+    let mut grudge = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let others: Vec<Node> = groups
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, g)| g.iter().cloned())
+            .collect();
+        grudge.extend(group.iter().map(|node| (node.clone(), others.clone())));
+    }
+    grudge
+}
+
+/// The grudge of a bridge over each of `rings` (the Raft groups' members):
+/// two members of each cannot reach each other but both reach the rest,
+/// so each still sees a majority, and no two see the same one (Jepsen's
+/// majorities ring, which for three members is this bridge).
+pub fn grudge_of_bridges(rings: &[Vec<Node>]) -> Grudge {
+    let mut grudge = Vec::new();
+    for members in rings.iter().filter(|m| m.len() >= 3) {
+        let (a, b) = (&members[0], &members[1]);
+        grudge.push((a.clone(), vec![b.clone()]));
+        grudge.push((b.clone(), vec![a.clone()]));
+    }
+    grudge
+}
 
 /// What a node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -52,9 +115,15 @@ pub trait Control: Send + Sync {
     /// SIGCONT every process of the node.
     fn resume(&self, node: &Node) -> anyhow::Result<()>;
 
+    /// Makes each node of `grudge` drop every packet from the peers listed
+    /// with it (Jepsen's grudge: one-way, so symmetric cuts list both ends).
+    fn cut(&self, grudge: &Grudge) -> anyhow::Result<()>;
+
     /// Drops every packet between nodes of different groups; nodes in no
     /// group keep talking to everyone.
-    fn partition(&self, groups: &[Vec<Node>]) -> anyhow::Result<()>;
+    fn partition(&self, groups: &[Vec<Node>]) -> anyhow::Result<()> {
+        self.cut(&grudge_of_groups(groups))
+    }
 
     /// Removes every partition.
     fn heal(&self) -> anyhow::Result<()>;
@@ -64,6 +133,11 @@ pub trait Control: Send + Sync {
     /// running server, in data the workload still reads); returns how many
     /// files were hit.
     fn corrupt_chunks(&self, node: &Node, files_max: usize, seed: u64) -> anyhow::Result<usize>;
+
+    /// Cuts up to `files_max` of the most recently written chunk files of a
+    /// chunk server short by up to 256 KiB (data acknowledged
+    /// and lost under the running server); returns how many were cut.
+    fn truncate_chunks(&self, node: &Node, files_max: usize, seed: u64) -> anyhow::Result<usize>;
 
     /// The node's Prometheus metrics (the text of `/metrics`).
     fn metrics(&self, node: &Node) -> anyhow::Result<String>;
