@@ -79,6 +79,8 @@ pub struct Scenario {
 pub struct GarbageReport {
     pub valid: bool,
     pub gc_entries: u64,
+    /// Live guard entries over every name server (`ns_guard_entries`).
+    pub guard_entries: u64,
     pub reserved_bytes: u64,
     pub live_bytes: u64,
     /// Sizes of every object every bucket lists.
@@ -317,6 +319,7 @@ async fn check_garbage(control: &dyn Control, client: &Client, patience: Duratio
         report.waited_s = started.elapsed().as_secs_f64();
         report.valid = report.error.is_none()
             && report.gc_entries == 0
+            && report.guard_entries == 0
             && report.reserved_bytes == 0
             && report.live_bytes == report.expected_live_bytes;
         if report.valid || started.elapsed() > patience {
@@ -328,13 +331,17 @@ async fn check_garbage(control: &dyn Control, client: &Client, patience: Duratio
 
 async fn accounting(control: &dyn Control, client: &Client) -> anyhow::Result<GarbageReport> {
     let expected_live_bytes = listed_bytes(client).await?;
-    let status = tokio::task::block_in_place(|| control.admin(&["status"]))?;
+    let (status, guards) = tokio::task::block_in_place(|| {
+        let guards = control.counter_totals(&["ns_guard_entries"]);
+        control.admin(&["status"]).map(|status| (status, guards))
+    })?;
     let status: serde_json::Value = serde_json::from_str(status.trim()).context("parsing admin status")?;
     let partitions = status["partitions"]
         .as_array()
         .context("admin status lists no partitions")?;
     let mut report = GarbageReport {
         expected_live_bytes,
+        guard_entries: guards.get("ns_guard_entries").copied().unwrap_or(0.0) as u64,
         ..GarbageReport::default()
     };
     for p in partitions {

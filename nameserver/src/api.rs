@@ -45,6 +45,9 @@ use crate::raft::{NsGroup, ProposeError, RaftMetrics};
 pub const GUARDS_MAX: usize = 100_000;
 /// Budget of forwarding a heartbeat to the leader.
 const HEARTBEAT_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often expired guard entries are dropped and `ns_guard_entries`
+/// (the live ones) published.
+const GUARD_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Internal: a heartbeat a follower forwards to the leader. Served by the
 /// leader only (never forwarded again).
@@ -132,9 +135,14 @@ pub fn routes(router: Router, node: NsGroup, liveness: Arc<Liveness>) -> (Router
     (router, task)
 }
 
-/// Clears the guard table whenever this node's (leader?, term) changes.
+/// Clears the guard table whenever this node's (leader?, term) changes,
+/// and every [`GUARD_SWEEP_INTERVAL`] drops expired guards and publishes
+/// the live count (`ns_guard_entries`: after quiescence every node shows 0,
+/// which the fault tests' garbage check asserts).
 async fn watch_leadership(api: Arc<Api>, mut rx: watch::Receiver<RaftMetrics>) {
     let mut seen: Option<(bool, u64)> = None;
+    let mut sweep = tokio::time::interval(GUARD_SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = {
             let m = rx.borrow_and_update();
@@ -151,8 +159,14 @@ async fn watch_leadership(api: Arc<Api>, mut rx: watch::Receiver<RaftMetrics>) {
             );
         }
         seen = Some(now);
-        if rx.changed().await.is_err() {
-            break;
+        loop {
+            tokio::select! {
+                changed = rx.changed() => match changed {
+                    Ok(()) => break,
+                    Err(_) => return,
+                },
+                _ = sweep.tick() => api.sweep_guards(),
+            }
         }
     }
 }
@@ -160,6 +174,13 @@ async fn watch_leadership(api: Arc<Api>, mut rx: watch::Receiver<RaftMetrics>) {
 impl Api {
     fn lock_guards(&self) -> MutexGuard<'_, Guards> {
         self.guards.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn sweep_guards(&self) {
+        let now = self.clock.now();
+        let mut guards = self.lock_guards();
+        guards.table.sweep(now);
+        metrics::gauge!("ns_guard_entries").set(guards.table.len() as f64);
     }
 
     /// The current term if this node leads, else `NotLeader` with the
