@@ -18,6 +18,8 @@ const NETWORK: [u8; 3] = [172, 28, 0];
 /// The name servers' RPC addresses and the certificates inside every container.
 const NS_SERVERS: &str = "172.28.0.11:7001,172.28.0.12:7001,172.28.0.13:7001";
 const CERTS_DIR: &str = "/certs";
+/// Tries of `docker pause` (see [`Compose::pause`]).
+const PAUSE_ATTEMPTS: u32 = 3;
 /// The object servers' partition count (`partitions` in deploy/compose/).
 const PARTITIONS: &str = "8";
 
@@ -78,8 +80,20 @@ impl Control for Compose {
         run("docker", &["start", &Self::container(node)]).map(drop)
     }
 
+    /// Retried: the cgroup freezer sometimes fails with "unable to freeze"
+    /// while the container's processes are busy.
     fn pause(&self, node: &Node) -> anyhow::Result<()> {
-        run("docker", &["pause", &Self::container(node)]).map(drop)
+        let container = Self::container(node);
+        let mut attempt = 1;
+        loop {
+            match run("docker", &["pause", &container]) {
+                Err(e) if attempt < PAUSE_ATTEMPTS && format!("{e:#}").contains("unable to freeze") => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                other => return other.map(drop),
+            }
+        }
     }
 
     fn resume(&self, node: &Node) -> anyhow::Result<()> {
@@ -90,20 +104,12 @@ impl Control for Compose {
         }
     }
 
-    /// One `iptables-restore` per node, so a partition takes effect within
-    /// a fraction of a second rather than rule by rule.
     fn cut(&self, grudge: &Grudge) -> anyhow::Result<()> {
-        for (node, peers) in grudge {
-            Self::in_netns(node, "iptables-restore", &["-w", "--noflush"], &host::drop_rules(peers))?;
-        }
-        Ok(())
+        host::cut(grudge, Self::in_netns)
     }
 
     fn heal(&self) -> anyhow::Result<()> {
-        for node in &self.nodes {
-            Self::in_netns(node, "iptables", &["-w", "-F", "INPUT"], "")?;
-        }
-        Ok(())
+        host::heal(&self.nodes, Self::in_netns)
     }
 
     /// Edits the files in the node's data volume from the host: the page

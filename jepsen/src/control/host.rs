@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-use super::Node;
+use super::{Grudge, Node};
 use crate::sim::Rng;
 
 const METRICS_PORT: u16 = 9100;
@@ -50,8 +50,29 @@ pub fn truncate_chunks(chunks: &Path, files_max: usize, seed: u64) -> anyhow::Re
     Ok(files.len())
 }
 
+/// Runs an iptables tool in a node's network namespace: (node, program,
+/// arguments, stdin); nothing if the node is not running.
+pub type InNetns = fn(&Node, &str, &[&str], &str) -> anyhow::Result<()>;
+
+/// One `iptables-restore` per node of `grudge`, so a partition takes
+/// effect within a fraction of a second rather than rule by rule.
+pub fn cut(grudge: &Grudge, in_netns: InNetns) -> anyhow::Result<()> {
+    for (node, peers) in grudge {
+        in_netns(node, "iptables-restore", &["-w", "--noflush"], &drop_rules(peers))?;
+    }
+    Ok(())
+}
+
+/// Flushes the INPUT chain of every node: every partition healed.
+pub fn heal(nodes: &[Node], in_netns: InNetns) -> anyhow::Result<()> {
+    for node in nodes {
+        in_netns(node, "iptables", &["-w", "-F", "INPUT"], "")?;
+    }
+    Ok(())
+}
+
 /// The `iptables-restore` input that drops every packet from `peers`.
-pub fn drop_rules(peers: &[Node]) -> String {
+fn drop_rules(peers: &[Node]) -> String {
     let mut rules = String::from("*filter\n");
     for peer in peers {
         rules.push_str(&format!("-A INPUT -s {} -j DROP\n", peer.ip));

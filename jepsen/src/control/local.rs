@@ -259,17 +259,11 @@ impl Control for Local {
     }
 
     fn cut(&self, grudge: &Grudge) -> anyhow::Result<()> {
-        for (node, peers) in grudge {
-            Self::in_netns(node, "iptables-restore", &["-w", "--noflush"], &host::drop_rules(peers))?;
-        }
-        Ok(())
+        host::cut(grudge, Self::in_netns)
     }
 
     fn heal(&self) -> anyhow::Result<()> {
-        for node in &self.nodes {
-            Self::in_netns(node, "iptables", &["-w", "-F", "INPUT"], "")?;
-        }
-        Ok(())
+        host::heal(&self.nodes, Self::in_netns)
     }
 
     fn corrupt_chunks(&self, node: &Node, files_max: usize, seed: u64) -> anyhow::Result<usize> {
