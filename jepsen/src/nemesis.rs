@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::control::{grudge_of_bridges, Control, Grudge, Node, Role};
+use crate::control::{grudge_of_bridges, Control, Grudge, Node, Role, NS_RPC_PORT};
 use crate::sim::Rng;
 
 /// Which faults a scenario inflicts.
@@ -200,7 +200,7 @@ pub async fn heal_all(control: Arc<dyn Control>) -> anyhow::Result<()> {
 /// must survive the leader changing under it, so it retries).
 fn ensure_voter(control: &dyn Control, node: &Node) -> anyhow::Result<()> {
     let id = node.raft_id.to_string();
-    let addr = format!("{}:{NS_PORT}", node.ip);
+    let addr = format!("{}:{NS_RPC_PORT}", node.ip);
     let mut last = None;
     for _ in 0..MEMBERSHIP_HEAL_ATTEMPTS {
         let voters = control.admin(&["ns", "list"]).and_then(|out| voter_ids(&out));
@@ -229,8 +229,6 @@ fn voter_ids(ns_list: &str) -> anyhow::Result<Vec<u64>> {
     Ok(voters.iter().filter_map(|v| v.get("id")?.as_u64()).collect())
 }
 
-/// The name servers' RPC port (deploy/compose/ns*.toml).
-const NS_PORT: u16 = 7001;
 const MEMBERSHIP_HEAL_ATTEMPTS: u32 = 10;
 
 /// `nodes` in a random order.

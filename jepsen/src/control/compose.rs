@@ -10,13 +10,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::host::{self, run, run_with_input};
-use super::{topology, Control, Grudge, Node, Role};
+use super::{ns_servers, topology, Control, Grudge, Node, Role};
 
 /// deploy/docker-compose.yml's network, 172.28.0.0/24.
 const NETWORK: [u8; 3] = [172, 28, 0];
 
-/// The name servers' RPC addresses and the certificates inside every container.
-const NS_SERVERS: &str = "172.28.0.11:7001,172.28.0.12:7001,172.28.0.13:7001";
+/// The certificates inside every container.
 const CERTS_DIR: &str = "/certs";
 /// Tries of `docker pause` (see [`Compose::pause`]).
 const PAUSE_ATTEMPTS: u32 = 3;
@@ -133,6 +132,7 @@ impl Control for Compose {
     fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
         let (command, rest) = args.split_first().context("an admin command needs a subcommand")?;
         let mut last_error = None;
+        let servers = ns_servers(&self.nodes);
         let candidates = self
             .of_role(Role::Gateway)
             .into_iter()
@@ -140,7 +140,7 @@ impl Control for Compose {
         for node in candidates {
             let container = Self::container(&node);
             let mut argv = vec!["exec", container.as_str(), "/tessera", "admin", command];
-            argv.extend_from_slice(&["--servers", NS_SERVERS, "--certs", CERTS_DIR]);
+            argv.extend_from_slice(&["--servers", &servers, "--certs", CERTS_DIR]);
             if *command == "status" {
                 argv.extend_from_slice(&["--partitions", PARTITIONS]);
             }
@@ -190,6 +190,15 @@ mod tests {
             include_str!("../../../deploy/compose/ns2.toml"),
             include_str!("../../../deploy/compose/ns3.toml"),
         ];
+        let gateway_config = include_str!("../../../deploy/compose/gw1.toml");
+        let servers = ns_servers(compose.nodes());
+        assert_eq!(servers.split(',').count(), 3);
+        for addr in servers.split(',') {
+            assert!(
+                gateway_config.contains(&format!("\"{addr}\"")),
+                "{addr} is a name server of the configs"
+            );
+        }
         for (node, config) in compose.of_role(Role::NameServer).iter().zip(ns_configs) {
             let line = format!("node_id = {}\n", node.raft_id);
             assert!(

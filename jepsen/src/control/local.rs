@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::host::{self, run, run_with_input};
-use super::{topology, Control, Grudge, Node, Role};
+use super::{ns_servers, topology, Control, Grudge, Node, Role};
 use crate::run::Credentials;
 
 /// The namespaces' network, 10.77.0.0/24 (.1 is the host on the bridge).
@@ -30,10 +30,11 @@ const NETNS_PREFIX: &str = "tsj-";
 /// The compose network the configs in deploy/compose/ are written for.
 const COMPOSE_NETWORK_PREFIX: &str = "172.28.0.";
 const LOCAL_NETWORK_PREFIX: &str = "10.77.0.";
-const NS_SERVERS: &str = "10.77.0.11:7001,10.77.0.12:7001,10.77.0.13:7001";
 const PARTITIONS: &str = "8";
 const S3_PORT: u16 = 9000;
 const UP_TIMEOUT: Duration = Duration::from_secs(180);
+/// Most copies of the bridge's FORWARD rule teardown removes.
+const FORWARD_RULES_MAX: usize = 64;
 /// A killed process is reaped within this.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -120,7 +121,8 @@ impl Local {
         let (command, rest) = args.split_first().context("an admin command needs a subcommand")?;
         let certs = self.certs_dir();
         let certs = certs.to_string_lossy();
-        let mut argv = vec!["admin", *command, "--servers", NS_SERVERS, "--certs", certs.as_ref()];
+        let servers = ns_servers(&self.nodes);
+        let mut argv = vec!["admin", *command, "--servers", &servers, "--certs", certs.as_ref()];
         if *command == "status" {
             argv.extend_from_slice(&["--partitions", PARTITIONS]);
         }
@@ -370,12 +372,16 @@ fn teardown_network() {
         let _ = run("ip", &["link", "del", &netns]);
         let _ = run("ip", &["netns", "del", &netns]);
     }
-    while run(
-        "iptables",
-        &["-w", "-D", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"],
-    )
-    .is_ok()
-    {}
+    // Every copy an interrupted run may have left; bounded all the same.
+    for _ in 0..FORWARD_RULES_MAX {
+        let deleted = run(
+            "iptables",
+            &["-w", "-D", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"],
+        );
+        if deleted.is_err() {
+            break;
+        }
+    }
     let _ = run("ip", &["link", "del", BRIDGE]);
 }
 

@@ -42,6 +42,20 @@ pub fn topology(net: [u8; 3]) -> Vec<Node> {
     nodes
 }
 
+/// The name servers' RPC port (deploy/compose/ns*.toml).
+pub const NS_RPC_PORT: u16 = 7001;
+
+/// `IP:port` of every name server, comma-separated (`tessera admin
+/// --servers`).
+pub fn ns_servers(nodes: &[Node]) -> String {
+    let addrs: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.role == Role::NameServer)
+        .map(|n| format!("{}:{NS_RPC_PORT}", n.ip))
+        .collect();
+    addrs.join(",")
+}
+
 /// For each node, the peers whose packets it drops.
 pub type Grudge = Vec<(Node, Vec<Node>)>;
 
