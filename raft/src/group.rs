@@ -49,6 +49,8 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) propose_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) membership_timeout: Duration,
+    /// The proposer that packs concurrent proposals into one entry.
+    pub(crate) proposals: tokio::sync::mpsc::Sender<crate::batcher::Proposal<S>>,
 }
 
 /// A running group, as its users see it. Cheap to clone; holding one keeps
@@ -71,6 +73,7 @@ pub struct RaftGroup<S: StateMachine> {
     handle: GroupHandle<S>,
     registry: Arc<Registry<S>>,
     metrics_task: JoinHandle<()>,
+    proposer_task: JoinHandle<()>,
 }
 
 impl<S: StateMachine> Deref for RaftGroup<S> {
@@ -105,6 +108,7 @@ impl<S: StateMachine> RaftGroup<S> {
         .await
         .with_context(|| format!("starting raft group {}", options.group))?;
         let tuning = &options.tuning;
+        let (proposals, proposer_task) = crate::batcher::spawn(raft.clone());
         let handle = GroupHandle {
             inner: Arc::new(Inner {
                 group: options.group,
@@ -115,9 +119,11 @@ impl<S: StateMachine> RaftGroup<S> {
                 propose_timeout: Duration::from_millis(tuning.propose_timeout_ms),
                 read_timeout: Duration::from_millis(tuning.read_timeout_ms),
                 membership_timeout: Duration::from_millis(tuning.membership_timeout_ms),
+                proposals,
             }),
         };
         if let Err(e) = registry.insert(handle.clone()) {
+            proposer_task.abort();
             let _ = raft.shutdown().await;
             return Err(e.into());
         }
@@ -127,6 +133,7 @@ impl<S: StateMachine> RaftGroup<S> {
             handle,
             registry,
             metrics_task,
+            proposer_task,
         })
     }
 
@@ -142,6 +149,7 @@ impl<S: StateMachine> RaftGroup<S> {
         let (group, id) = (self.handle.inner.group, self.handle.inner.id);
         self.registry.remove(group);
         self.metrics_task.abort();
+        self.proposer_task.abort();
         if let Err(e) = self.handle.inner.raft.shutdown().await {
             tracing::warn!(%group, node = id, error = %e, "raft did not stop cleanly");
         }

@@ -85,14 +85,22 @@ impl<S: StateMachine> GroupHandle<S> {
         result
     }
 
-    /// Proposes on this node only (the handler of forwarded proposals).
+    /// Proposes on this node only (the handler of forwarded proposals),
+    /// in one entry with whatever else is proposed here meanwhile.
+    /// Cancellation: the command may still commit (outcome unknown).
     pub async fn propose_local(&self, command: S::Command) -> Result<S::Response, ProposeError> {
         let span = tracing::debug_span!("propose", group = self.inner.group.0, node = self.inner.id);
         let timeout = self.inner.propose_timeout;
-        match tokio::time::timeout(timeout, self.inner.raft.client_write(command).instrument(span)).await {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || ProposeError::Fatal("the group's proposer stopped".into());
+        let call = async {
+            let proposal = crate::batcher::Proposal { command, reply };
+            self.inner.proposals.send(proposal).await.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        };
+        match tokio::time::timeout(timeout, call.instrument(span)).await {
             Err(_) => Err(ProposeError::Unavailable(format!("not committed within {timeout:?}"))),
-            Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(e)) => Err(write_error(e)),
+            Ok(result) => result,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`store`], [`codec`]: the RocksDB of a group, postcard encodings.
 //! - [`log_store`], [`state_machine`]: openraft's log and state-machine storage.
 //! - [`network`], [`service`]: Raft and client RPCs over `tessera_common::rpc`.
+//! - `batcher`: group commit, concurrent proposals as one log entry.
 //! - [`registry`], [`group`]: the groups of a process and the handle of one.
 //! - [`tuning`]: timing and compaction knobs; [`error`]: [`ProposeError`].
 //! - [`testing`]: a tiny counter state machine for tests.
@@ -20,6 +21,7 @@
 // every storage call; boxing it in our helpers would only add conversions.
 #![allow(clippy::result_large_err)]
 
+mod batcher;
 pub mod codec;
 pub mod error;
 pub mod group;
@@ -38,8 +40,8 @@ pub mod tuning;
 pub use error::ProposeError;
 pub use group::{GroupHandle, GroupOptions, RaftGroup};
 pub use machine::{
-    ApplyCtx, Entry, GroupId, LogId, Member, Raft, RaftMetrics, RaftNodeId, SmError, SnapshotMeta, StateMachine,
-    StorageError, StoredMembership, TypeConfig, Vote,
+    ApplyCtx, Entry, EntryCommands, EntryResponses, GroupId, LogId, Member, Raft, RaftMetrics, RaftNodeId, SmError,
+    SnapshotMeta, StateMachine, StorageError, StoredMembership, TypeConfig, Vote,
 };
 pub use registry::Registry;
 pub use service::routes;

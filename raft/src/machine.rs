@@ -22,22 +22,40 @@ pub type SmError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub trait Payload: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static> Payload for T {}
 
-/// Position of the entry being applied.
+/// Position of the command being applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyCtx {
+    /// Index of the entry; every command of an entry shares it.
     pub log_index: u64,
     /// Term of the leader that appended the entry.
     pub term: u64,
+    /// The command's place in its entry (entries carry batches).
+    pub position: u32,
+}
+
+/// Most commands one entry may carry: [`ApplyCtx::command_seq`] keeps 8
+/// bits for the position.
+pub const ENTRY_COMMANDS_MAX: usize = 256;
+
+impl ApplyCtx {
+    /// A number unique to this command and increasing in log order (for
+    /// ids the state assigns, such as version sequence numbers).
+    pub fn command_seq(&self) -> u64 {
+        assert!(
+            (self.position as usize) < ENTRY_COMMANDS_MAX,
+            "position within an entry"
+        );
+        (self.log_index << 8) | u64::from(self.position)
+    }
 }
 
 /// An application's replicated state: deterministic commands applied to its
 /// RocksDB tables, and reads of them.
 pub trait StateMachine: Send + Sync + 'static {
-    /// A log entry's payload, chosen by the proposer.
+    /// A command, chosen by the proposer; a log entry carries one or more.
     type Command: Payload;
-    /// The answer to a command; also what a blank or membership entry
-    /// answers (`Default`).
-    type Response: Payload + Default;
+    /// The answer to a command.
+    type Response: Payload;
     type Query: Payload;
     type QueryResponse: Payload;
 
@@ -118,9 +136,16 @@ impl<S> Debug for TypeConfig<S> {
     }
 }
 
+/// A log entry's payload: the commands proposed together (see
+/// [`crate::batcher`]), applied in order.
+pub type EntryCommands<S> = Vec<<S as StateMachine>::Command>;
+/// The answers to an entry's commands, in order (none for blank and
+/// membership entries).
+pub type EntryResponses<S> = Vec<<S as StateMachine>::Response>;
+
 impl<S: StateMachine> openraft::RaftTypeConfig for TypeConfig<S> {
-    type D = S::Command;
-    type R = S::Response;
+    type D = EntryCommands<S>;
+    type R = EntryResponses<S>;
     type NodeId = RaftNodeId;
     type Node = Member;
     type Entry = openraft::Entry<TypeConfig<S>>;

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::kv::Txn;
-use crate::machine::metric;
+use crate::machine::{metric, EntryResponses};
 use crate::store::{
     blocking, cf, synced, CF_SM_META, CF_SNAPSHOT, KEY_CURRENT_SNAPSHOT, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
 };
@@ -103,24 +103,30 @@ fn applied_state(db: &DB) -> Result<(Option<LogId>, StoredMembership), StorageEr
 }
 
 /// Applies `entries` in one transaction and one write.
-fn apply_batch<S: StateMachine>(db: &DB, entries: &[Entry<S>]) -> Result<Vec<S::Response>, StorageError> {
+fn apply_batch<S: StateMachine>(db: &DB, entries: &[Entry<S>]) -> Result<Vec<EntryResponses<S>>, StorageError> {
     let mut txn = Txn::new(db);
     let mut responses = Vec::with_capacity(entries.len());
     let mut membership = None;
     for entry in entries {
         let response = match &entry.payload {
-            EntryPayload::Blank => S::Response::default(),
-            EntryPayload::Normal(command) => {
-                let ctx = ApplyCtx {
-                    log_index: entry.log_id.index,
-                    term: entry.log_id.leader_id.term,
-                };
-                S::apply(&mut txn, command, &ctx)
-                    .map_err(|e| StorageIOError::apply(entry.log_id, AnyError::error(e.to_string())))?
+            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Normal(commands) => {
+                let mut answers = Vec::with_capacity(commands.len());
+                for (position, command) in commands.iter().enumerate() {
+                    let ctx = ApplyCtx {
+                        log_index: entry.log_id.index,
+                        term: entry.log_id.leader_id.term,
+                        position: position as u32,
+                    };
+                    let answer = S::apply(&mut txn, command, &ctx)
+                        .map_err(|e| StorageIOError::apply(entry.log_id, AnyError::error(e.to_string())))?;
+                    answers.push(answer);
+                }
+                answers
             }
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
-                S::Response::default()
+                Vec::new()
             }
         };
         responses.push(response);
@@ -289,7 +295,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<S::Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryResponses<S>>, StorageError>
     where
         I: IntoIterator<Item = Entry<S>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -347,7 +353,7 @@ mod tests {
     fn add_entry(index: u64, key: &str, delta: i64) -> Entry<Counter> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
-            payload: EntryPayload::Normal(CounterCommand::Add { key: key.into(), delta }),
+            payload: EntryPayload::Normal(vec![CounterCommand::Add { key: key.into(), delta }]),
         }
     }
 
@@ -361,8 +367,15 @@ mod tests {
         let mut sm = store(dir.path());
         let entries = vec![add_entry(1, "a", 5), add_entry(2, "b", 1), add_entry(3, "a", 2)];
         let responses = sm.apply(entries).await.expect("apply");
-        assert_eq!(responses.iter().map(|r| r.value).collect::<Vec<_>>(), [5, 1, 7]);
-        assert_eq!(responses[2].applied_at, ApplyCtx { log_index: 3, term: 2 });
+        assert_eq!(responses.iter().map(|r| r[0].value).collect::<Vec<_>>(), [5, 1, 7]);
+        assert_eq!(
+            responses[2][0].applied_at,
+            ApplyCtx {
+                log_index: 3,
+                term: 2,
+                position: 0
+            }
+        );
         let (applied, _) = sm.applied_state().await.expect("state");
         assert_eq!(applied.map(|l| l.index), Some(3));
 

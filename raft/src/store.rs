@@ -27,6 +27,12 @@ pub const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
 pub const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
+/// In [`CF_RAFT_META`]: the on-disk format of the log ([`LOG_FORMAT`]).
+pub const KEY_LOG_FORMAT: &[u8] = b"log_format";
+
+/// Version of the log's entry encoding. 1 (no key written): one command
+/// per entry. 2: a list of commands per entry (group commit).
+pub const LOG_FORMAT: u32 = 2;
 
 /// Raft's own column families (the state machine's are its `TABLES`).
 pub const RAFT_CFS: &[&str] = &[CF_LOG, CF_RAFT_META, CF_SM_META, CF_SNAPSHOT];
@@ -49,7 +55,49 @@ pub fn open(dir: &Path, tables: &[Table]) -> anyhow::Result<Arc<DB>> {
     }
     let db =
         DB::open_cf(&options, dir, &names).map_err(|e| anyhow::anyhow!("opening RocksDB {}: {e}", dir.display()))?;
+    check_log_format(&db).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     Ok(Arc::new(db))
+}
+
+/// Stamps a new database with [`LOG_FORMAT`]; refuses one written in
+/// another format (its entries would not decode) with a clear error.
+fn check_log_format(db: &DB) -> anyhow::Result<()> {
+    let meta = db
+        .cf_handle(CF_RAFT_META)
+        .ok_or_else(|| anyhow::anyhow!("column family {CF_RAFT_META} missing"))?;
+    match db.get_cf(meta, KEY_LOG_FORMAT)? {
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_slice()).map(u32::from_be_bytes).ok();
+            if found != Some(LOG_FORMAT) {
+                anyhow::bail!("raft log format {found:?}, this version reads only format {LOG_FORMAT}");
+            }
+            Ok(())
+        }
+        None if holds_raft_state(db)? => anyhow::bail!(
+            "raft log format 1 (one command per entry); this version reads only format {LOG_FORMAT} \
+             (batched entries): start this node on an empty data directory"
+        ),
+        None => {
+            db.put_cf_opt(meta, KEY_LOG_FORMAT, LOG_FORMAT.to_be_bytes(), &synced())?;
+            Ok(())
+        }
+    }
+}
+
+/// Whether anything Raft writes is present (a vote, an entry, applied state).
+fn holds_raft_state(db: &DB) -> anyhow::Result<bool> {
+    for (family, key) in [(CF_RAFT_META, KEY_VOTE), (CF_SM_META, KEY_LAST_APPLIED)] {
+        let handle = db
+            .cf_handle(family)
+            .ok_or_else(|| anyhow::anyhow!("column family {family} missing"))?;
+        if db.get_cf(handle, key)?.is_some() {
+            return Ok(true);
+        }
+    }
+    let log = db
+        .cf_handle(CF_LOG)
+        .ok_or_else(|| anyhow::anyhow!("column family {CF_LOG} missing"))?;
+    Ok(db.iterator_cf(log, rocksdb::IteratorMode::Start).next().is_some())
 }
 
 /// The handle of column family `name`, or a storage error naming it.
@@ -83,5 +131,43 @@ where
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
         Err(join) => Err(store_error(ErrorVerb::Write, AnyError::new(&join))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_database_is_stamped_and_an_older_log_format_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path(), &[]).expect("a new database opens");
+        let meta = db.cf_handle(CF_RAFT_META).expect("meta");
+        assert_eq!(
+            db.get_cf(meta, KEY_LOG_FORMAT).expect("get"),
+            Some(LOG_FORMAT.to_be_bytes().to_vec())
+        );
+        drop(db);
+        open(dir.path(), &[]).expect("its own format opens again");
+
+        // A database of format 1: Raft state, no format key.
+        let old = tempfile::tempdir().expect("tempdir");
+        {
+            let db = open(old.path(), &[]).expect("open");
+            let meta = db.cf_handle(CF_RAFT_META).expect("meta");
+            db.delete_cf(meta, KEY_LOG_FORMAT).expect("delete");
+            db.put_cf(meta, KEY_VOTE, b"vote").expect("put");
+        }
+        let error = open(old.path(), &[]).err().expect("format 1 is refused");
+        assert!(format!("{error:#}").contains("format 1"), "{error:#}");
+
+        let other = tempfile::tempdir().expect("tempdir");
+        {
+            let db = open(other.path(), &[]).expect("open");
+            let meta = db.cf_handle(CF_RAFT_META).expect("meta");
+            db.put_cf(meta, KEY_LOG_FORMAT, 9u32.to_be_bytes()).expect("put");
+        }
+        let error = open(other.path(), &[]).err().expect("a newer format is refused");
+        assert!(format!("{error:#}").contains("Some(9)"), "{error:#}");
     }
 }

@@ -391,3 +391,41 @@ async fn restarted_nodes_keep_their_state() {
     assert_eq!(cluster.propose(leader, G1, add("k", 1)).await.value, 7);
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_share_log_entries_and_each_gets_its_own_answer() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::three().await;
+    cluster.group_on_all(G1, 1).await;
+    let leader = cluster.leader(G1).await;
+    cluster.propose(leader, G1, add("warm", 1)).await;
+    let before = cluster.applied(leader, G1);
+
+    const PROPOSALS: i64 = 200;
+    let handle = cluster.group(leader, G1).handle();
+    let calls = (1..=PROPOSALS).map(|delta| {
+        let handle = handle.clone();
+        tokio::spawn(async move { (delta, handle.propose(add("sum", delta)).await) })
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut seen = BTreeSet::new();
+    for answer in answers {
+        let (delta, result) = answer.expect("task");
+        let response = result.unwrap_or_else(|e| panic!("proposal {delta}: {e}"));
+        assert!(response.value >= delta, "each answer is the sum after its own add");
+        assert!(seen.insert(response.value), "no two commands answered alike");
+    }
+    let total = PROPOSALS * (PROPOSALS + 1) / 2;
+    assert_eq!(seen.last().copied(), Some(total), "the last add sees all of them");
+    let entries = cluster.applied(leader, G1) - before;
+    assert!(
+        entries < PROPOSALS as u64 / 2,
+        "{PROPOSALS} concurrent proposals took {entries} log entries: they were not batched"
+    );
+    for id in 1..=3 {
+        cluster.caught_up(id, G1).await;
+        let value = cluster.group(id, G1).stale_query(get("sum")).await.expect("local");
+        assert_eq!(value, total, "node {id} applied every command once");
+    }
+    cluster.stop_all().await;
+}

@@ -184,7 +184,7 @@ pub fn complete<R: KvRead + ?Sized>(
     };
     names::check_commit(txn, &upload.bucket, &upload.key, &version, condition)?;
     let released = drop_upload(txn, &upload, &stored);
-    names::install(txn, &upload.bucket, &upload.key, version, ctx.log_index)?;
+    names::install(txn, &upload.bucket, &upload.key, version, ctx.command_seq())?;
     names::release(txn, &released)?;
     Ok(Response::Ok)
 }

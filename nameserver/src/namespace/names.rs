@@ -228,7 +228,7 @@ pub fn commit<R: KvRead + ?Sized>(
     ctx: &ApplyCtx,
 ) -> Res<Response> {
     check_commit(txn, bucket, key, version, condition)?;
-    install(txn, bucket, key, version.clone(), ctx.log_index)?;
+    install(txn, bucket, key, version.clone(), ctx.command_seq())?;
     Ok(Response::Ok)
 }
 

@@ -47,6 +47,7 @@ impl Db {
             let ctx = ApplyCtx {
                 log_index: self.index,
                 term: 1,
+                position: 0,
             };
             out.push(apply(&mut txn, command, &ctx).expect("storage"));
         }

@@ -42,11 +42,11 @@ mod tests {
     fn bucket_entry(index: u64, name: &str) -> Entry<Namespace> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::CreateBucket {
+            payload: EntryPayload::Normal(vec![Command::CreateBucket {
                 name: name.into(),
                 owner: "o".into(),
                 created_ms: index,
-            }),
+            }]),
         }
     }
 
@@ -57,10 +57,10 @@ mod tests {
         let mut sm = StateMachineStore::<Namespace>::new(db.clone());
         let entries = vec![bucket_entry(1, "alpha"), bucket_entry(2, "alpha")];
         let responses = sm.apply(entries).await.expect("apply");
-        assert_eq!(responses[0], Response::Ok);
+        assert_eq!(responses[0], vec![Response::Ok]);
         assert_eq!(
             responses[1],
-            Response::Error(NamespaceError::BucketExists("alpha".into()))
+            vec![Response::Error(NamespaceError::BucketExists("alpha".into()))]
         );
         let answer = Namespace::query(&db, &Query::GetBucket { name: "alpha".into() }).expect("query");
         assert!(matches!(answer, QueryResponse::Bucket(Some(_))), "{answer:?}");

@@ -35,6 +35,7 @@ impl Db {
         let ctx = ApplyCtx {
             log_index: self.index,
             term,
+            position: 0,
         };
         let mut txn = Txn::new(&self.db);
         let response = apply(&mut txn, &command, &ctx).expect("not fatal");
