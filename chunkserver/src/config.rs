@@ -76,6 +76,9 @@ impl ChunkServerConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            bail!("node_id = 0: reserved (object servers mark a vacant fragment column with it)");
+        }
         if self.store.disks.is_empty() {
             bail!("store.disks: at least one disk directory is required");
         }
@@ -127,6 +130,7 @@ path = "/tmp/d1"
         let cases = [
             (GOOD.replace("127.0.0.1:7101", "not-an-address"), "listen"),
             (GOOD.replace("node_id = 1", "node_id = 1\nbogus = 3"), "bogus"),
+            (GOOD.replace("node_id = 1", "node_id = 0"), "node_id"),
             (GOOD.replace("[[store.disks]]\npath = \"/tmp/d1\"", ""), "disks"),
             (
                 GOOD.replace("node_id = 1", "node_id = 1\nheartbeat_interval_ms = 5"),

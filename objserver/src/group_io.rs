@@ -7,7 +7,7 @@
 //! where stripes are and which group is open is the caller's (the
 //! partition's) business.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -113,6 +113,9 @@ pub enum GroupIoError {
     #[error("fragment index {index} out of range (the group has {total})")]
     BadIndex { index: usize, total: usize },
 }
+
+/// Fragment indexes of a group (columns) an operation leaves out.
+pub type Columns = BTreeSet<usize>;
 
 /// What [`GroupIo::seal`] could not reach (at most `m` fragments).
 #[derive(Clone, Debug, Default)]
@@ -222,16 +225,27 @@ impl<T: Transport + Clone> GroupIo<T> {
         self.client(loc, self.options.call_timeout_ms, self.options.call_retries)
     }
 
-    /// Runs `op` on every fragment's chunk in parallel; returns the failures.
-    async fn on_every_chunk<'a, F, Fut>(&'a self, placement: &'a GroupPlacement, op: F) -> Vec<FragmentFailure>
+    /// Runs `op` on the chunk of every fragment not in `skip` and not
+    /// vacant, in parallel; returns the failures.
+    async fn on_every_chunk<'a, F, Fut>(
+        &'a self,
+        placement: &'a GroupPlacement,
+        skip: &Columns,
+        op: F,
+    ) -> Vec<FragmentFailure>
     where
         F: Fn(usize, &'a FragmentLoc) -> Fut,
         Fut: Future<Output = Result<(), ChunkCallError>> + 'a,
     {
-        let calls = placement.fragments.iter().enumerate().map(|(index, loc)| {
-            let call = op(index, loc);
-            async move { call.await.err().map(|error| failure(index, loc, error)) }
-        });
+        let calls = placement
+            .fragments
+            .iter()
+            .enumerate()
+            .filter(|(index, loc)| !skip.contains(index) && !loc.is_vacant())
+            .map(|(index, loc)| {
+                let call = op(index, loc);
+                async move { call.await.err().map(|error| failure(index, loc, error)) }
+            });
         futures::future::join_all(calls).await.into_iter().flatten().collect()
     }
 
@@ -240,9 +254,20 @@ impl<T: Transport + Clone> GroupIo<T> {
     /// Cancellation: safe; dropping it may leave some chunks created, which
     /// a retry or [`GroupIo::delete_chunks`] handles.
     pub async fn create_chunks(&self, placement: &GroupPlacement, epoch: Epoch) -> Result<(), GroupIoError> {
+        self.create_chunks_except(placement, &Columns::new(), epoch).await
+    }
+
+    /// [`GroupIo::create_chunks`] for every column but `skip` (and vacant
+    /// ones).
+    pub async fn create_chunks_except(
+        &self,
+        placement: &GroupPlacement,
+        skip: &Columns,
+        epoch: Epoch,
+    ) -> Result<(), GroupIoError> {
         self.codec(placement)?;
         let failed = self
-            .on_every_chunk(placement, |_, loc| async move {
+            .on_every_chunk(placement, skip, |_, loc| async move {
                 match self.call_client(loc).create(loc.chunk, epoch).await {
                     Ok(_) | Err(ChunkCallError::Chunk(ChunkError::AlreadyExists(_))) => Ok(()),
                     Err(e) => Err(e),
@@ -266,6 +291,26 @@ impl<T: Transport + Clone> GroupIo<T> {
         chunk_offset: u64,
         data: &[u8],
     ) -> Result<StripeLoc, GroupIoError> {
+        let (stripe, failed) = self
+            .append_stripe_except(placement, &Columns::new(), epoch, chunk_offset, data)
+            .await?;
+        all_or_error(placement.id, failed)?;
+        Ok(stripe)
+    }
+
+    /// Appends the stripe's fragments to every column but `skip` (and
+    /// vacant ones), like [`GroupIo::append_stripe`], and answers where the
+    /// stripe is with the fragments that failed: the caller decides whether
+    /// the others are enough (a degraded write, recorded only after the
+    /// skipped and failed columns are marked lost).
+    pub async fn append_stripe_except(
+        &self,
+        placement: &GroupPlacement,
+        skip: &Columns,
+        epoch: Epoch,
+        chunk_offset: u64,
+        data: &[u8],
+    ) -> Result<(StripeLoc, Vec<FragmentFailure>), GroupIoError> {
         let codec = self.codec(placement)?;
         let (fragment_len, fragments) = codec.encode(data)?;
         assert_eq!(fragments.len(), placement.fragments.len(), "one fragment per chunk");
@@ -275,7 +320,7 @@ impl<T: Transport + Clone> GroupIo<T> {
         };
         let budget = Duration::from_millis(self.options.append_timeout_ms);
         let failed = self
-            .on_every_chunk(placement, |index, loc| {
+            .on_every_chunk(placement, skip, |index, loc| {
                 let client = self.client(loc, self.options.append_timeout_ms, self.options.call_retries);
                 let bytes = fragments[index].clone();
                 async move {
@@ -284,8 +329,7 @@ impl<T: Transport + Clone> GroupIo<T> {
                 }
             })
             .await;
-        all_or_error(placement.id, failed)?;
-        Ok(stripe)
+        Ok((stripe, failed))
     }
 
     /// Reads `len_bytes` of the stripe's data from `data_offset`.
@@ -444,6 +488,10 @@ impl<T: Transport + Clone> GroupIo<T> {
         debug_assert!(span.start <= span.end && span.end <= u64::from(stripe.fragment_len));
         let loc = &placement.fragments[span.index];
         let addr = self.addr_of(loc);
+        if loc.is_vacant() {
+            let reason = "vacant column (awaiting repair)".to_string();
+            return Err(ChunkCallError::Rpc(RpcError::Connect { addr, reason }));
+        }
         if self.is_suspect(addr) {
             let reason = "failed recently; decoding instead".to_string();
             return Err(ChunkCallError::Rpc(RpcError::Connect { addr, reason }));
@@ -517,7 +565,8 @@ impl<T: Transport + Clone> GroupIo<T> {
     /// Fences every chunk of the group at `epoch` (so appends from older
     /// epochs are refused) and seals it at `length`. Succeeds when at most
     /// `m` chunks failed, and reports them; a chunk that is shorter than
-    /// `length` (it missed an append) fails its seal and counts among them.
+    /// `length` (it missed an append) fails its seal and counts among them,
+    /// and so does a vacant column (not called).
     /// Cancellation: safe; fencing and sealing are idempotent, so rerun it.
     pub async fn seal(
         &self,
@@ -527,14 +576,15 @@ impl<T: Transport + Clone> GroupIo<T> {
     ) -> Result<SealReport, GroupIoError> {
         let codec = self.codec(placement)?;
         let failed = self
-            .on_every_chunk(placement, |_, loc| async move {
+            .on_every_chunk(placement, &Columns::new(), |_, loc| async move {
                 let client = self.call_client(loc);
                 client.fence(loc.chunk, epoch).await?;
                 client.seal(loc.chunk, epoch, Some(length)).await.map(|_| ())
             })
             .await;
         let tolerated = codec.redundancy().tolerated_losses();
-        if failed.len() > tolerated {
+        let vacant = placement.fragments.iter().filter(|f| f.is_vacant()).count();
+        if failed.len() + vacant > tolerated {
             return Err(GroupIoError::Fragments {
                 group: placement.id,
                 failed,
@@ -551,7 +601,7 @@ impl<T: Transport + Clone> GroupIo<T> {
     /// Cancellation: safe; rerun it.
     pub async fn delete_chunks(&self, placement: &GroupPlacement) -> Result<(), GroupIoError> {
         let failed = self
-            .on_every_chunk(placement, |_, loc| async move {
+            .on_every_chunk(placement, &Columns::new(), |_, loc| async move {
                 match self.call_client(loc).delete(loc.chunk).await {
                     Ok(()) | Err(ChunkCallError::Chunk(ChunkError::NotFound(_))) => Ok(()),
                     Err(e) => Err(e),

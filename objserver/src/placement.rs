@@ -50,6 +50,21 @@ impl Redundancy {
     pub fn tolerated_losses(&self) -> usize {
         self.total_fragments() - self.data_fragments()
     }
+
+    /// Fragments of a stripe that must be durable before it is recorded:
+    /// the data fragments plus half the redundancy, rounded up (EC 4+2: 5
+    /// of 6; 3 replicas: 2). A stripe written with one chunk server down
+    /// can still lose another and be read; with fewer, writes fail rather
+    /// than store data one loss away from gone (Ceph's `min_size`).
+    pub fn write_quorum(&self) -> usize {
+        self.data_fragments() + self.tolerated_losses().div_ceil(2)
+    }
+
+    /// How many columns of a group may be lost (vacant, or missing stripes)
+    /// while it still takes writes.
+    pub fn degraded_columns_max(&self) -> usize {
+        self.total_fragments() - self.write_quorum()
+    }
 }
 
 /// One fragment column of a group: a chunk on a chunk server.
@@ -58,6 +73,25 @@ pub struct FragmentLoc {
     pub node: NodeId,
     pub addr: SocketAddr,
     pub chunk: ChunkId,
+}
+
+/// The node id of a vacant column; chunk servers may not use it.
+pub const VACANT_NODE: NodeId = NodeId(0);
+
+impl FragmentLoc {
+    /// A column a group was opened without, because too few chunk servers
+    /// were live: it holds nothing until repair places it on a server.
+    pub fn vacant(chunk: ChunkId) -> FragmentLoc {
+        FragmentLoc {
+            node: VACANT_NODE,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            chunk,
+        }
+    }
+
+    pub fn is_vacant(&self) -> bool {
+        self.node == VACANT_NODE
+    }
 }
 
 /// A chunk group: fragment `i` of every stripe lives in `fragments[i]`
@@ -82,5 +116,40 @@ impl StripeLoc {
     /// Chunk offset just past this stripe.
     pub fn end(&self) -> u64 {
         self.chunk_offset + u64::from(self.fragment_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_quorum_keeps_half_the_redundancy() {
+        let cases = [
+            (Redundancy::Ec { k: 4, m: 2 }, 5, 1),
+            (Redundancy::Ec { k: 8, m: 3 }, 10, 1),
+            (Redundancy::Ec { k: 4, m: 1 }, 5, 0),
+            (Redundancy::Ec { k: 2, m: 4 }, 4, 2),
+            (Redundancy::Replicated { n: 3 }, 2, 1),
+            (Redundancy::Replicated { n: 2 }, 2, 0),
+            (Redundancy::Replicated { n: 1 }, 1, 0),
+        ];
+        for (redundancy, quorum, degraded) in cases {
+            assert_eq!(redundancy.write_quorum(), quorum, "{redundancy:?}");
+            assert_eq!(redundancy.degraded_columns_max(), degraded, "{redundancy:?}");
+            assert!(redundancy.write_quorum() > redundancy.data_fragments() || redundancy.tolerated_losses() == 0);
+        }
+    }
+
+    #[test]
+    fn vacant_columns_are_recognised() {
+        let loc = FragmentLoc::vacant(ChunkId(7));
+        assert!(loc.is_vacant());
+        assert_eq!(loc.chunk, ChunkId(7));
+        let real = FragmentLoc {
+            node: NodeId(101),
+            ..loc
+        };
+        assert!(!real.is_vacant());
     }
 }

@@ -680,6 +680,119 @@ async fn fragments_on_two_dead_chunk_servers_are_rebuilt_elsewhere() {
     cluster.shutdown().await;
 }
 
+/// Opens and writes uid `n` with a pattern of `len` bytes.
+async fn write_object(client: &OsClient<RpcClient>, n: u64, len: usize) -> (u128, Bytes) {
+    let body = pattern(n, len);
+    client.open_write(uid(n), len as u64, EC, WAIT).await.expect("open");
+    client.write(uid(n), 0, body.clone()).await.expect("write");
+    (uid(n), body)
+}
+
+/// Until every chunk group in use has all its columns on live servers,
+/// none vacant or missing stripes; returns those groups.
+async fn wait_until_fully_redundant(cluster: &Cluster) -> Vec<tessera_objserver::placement::GroupPlacement> {
+    let client = &cluster.client;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = client.partition_status(0).await.expect("status");
+        let in_use: Vec<u64> = status
+            .groups
+            .iter()
+            .filter(|g| g.state == "open" || g.state == "sealed")
+            .map(|g| g.id)
+            .collect();
+        let lost: Vec<(u64, u32)> = status
+            .groups
+            .iter()
+            .filter(|g| g.lost_fragments > 0)
+            .map(|g| (g.id, g.lost_fragments))
+            .collect();
+        if lost.is_empty() && status.repair_pending_bytes == 0 {
+            let partition = cluster.obj_servers[0].as_ref().expect("running").partitions()[0].clone();
+            let placements = partition.placements().await;
+            return placements.into_iter().filter(|p| in_use.contains(&p.id.0)).collect();
+        }
+        assert!(Instant::now() < deadline, "groups still missing columns: {lost:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_go_on_with_a_chunk_server_down_and_its_columns_are_rebuilt_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    // Small groups (eight 256 KiB stripes each), so writes roll over into
+    // groups opened while the server is down.
+    let data = DataSettings {
+        repair_interval_ms: 200,
+        stripe_data_bytes_max: 256 << 10,
+        chunk_bytes_max: 512 << 10,
+        ..fast_data()
+    };
+    let mut cluster = Cluster::start(1, 1, 1, data).await;
+    let client = cluster.client.clone();
+    let mut written: Vec<(u128, Bytes)> = Vec::new();
+    written.push(write_object(&client, 40, (1 << 20) + 77).await);
+
+    // One of six servers stops. Writes go on with 5 of 6 fragments durable:
+    // first in the open group (its column marked lost), then in groups
+    // opened around the failed server, and once the name server declares
+    // it dead, in groups opened with a vacant column.
+    cluster.stop_chunk_server(0).await;
+    written.push(write_object(&client, 41, (2 << 20) + 5).await);
+    cluster.wait_for_chunk_servers(5).await;
+    written.push(write_object(&client, 42, 3 << 20).await);
+    written.push(write_object(&client, 43, 1).await);
+
+    let status = client.partition_status(0).await.expect("status");
+    let degraded = status.groups.iter().filter(|g| g.lost_fragments > 0).count();
+    assert!(
+        degraded >= 3,
+        "the groups written since the stop miss a column: {:?}",
+        status.groups
+    );
+    assert!(status.repair_pending_bytes > 0, "repair is pending");
+    let partition = cluster.obj_servers[0].as_ref().expect("running").partitions()[0].clone();
+    let vacant = partition
+        .placements()
+        .await
+        .iter()
+        .filter(|p| p.fragments.iter().any(|f| f.is_vacant()))
+        .count();
+    assert!(
+        vacant >= 1,
+        "groups opened with only 5 live servers have a vacant column"
+    );
+    for (id, body) in &written {
+        let got = client.read(*id, 0, body.len() as u64).await.expect("degraded read");
+        assert!(got == *body, "uid {id:x} reads back while a column is missing");
+    }
+
+    // The server returns: degraded groups are sealed and their missing
+    // columns rebuilt on it, so every group has six live columns again.
+    cluster.restart_chunk_server(0).await;
+    cluster.wait_for_chunk_servers(6).await;
+    let groups = wait_until_fully_redundant(&cluster).await;
+    for group in &groups {
+        let nodes: std::collections::BTreeSet<u64> = group.fragments.iter().map(|f| f.node.0).collect();
+        assert_eq!(nodes.len(), 6, "six distinct servers in {group:?}");
+        assert!(group.fragments.iter().all(|f| !f.is_vacant()));
+    }
+    written.push(write_object(&client, 44, 100_000).await);
+
+    // Full redundancy is back: two other servers may go and every byte,
+    // old and new, still reads.
+    cluster.stop_chunk_server(1).await;
+    cluster.stop_chunk_server(2).await;
+    for (id, body) in &written {
+        let got = client
+            .read(*id, 0, body.len() as u64)
+            .await
+            .expect("read with two down");
+        assert!(got == *body, "uid {id:x} survives two more losses after repair");
+    }
+    cluster.shutdown().await;
+}
+
 /// Guard, GC entry, data, name commit, confirm: DESIGN §4 through the
 /// real services.
 async fn put(cluster: &Cluster, key: &str, id: u128, body: Bytes) {

@@ -4,10 +4,11 @@
 //!
 //! Leadership: when this replica becomes leader of term `T` it first
 //! confirms it (a linearizable read), then seals every group still open
-//! (opened by an earlier term; their chunks are fenced at epoch `T`), and
-//! only then accepts writes, whose stripes carry epoch `T`. A deposed
-//! leader's appends are refused by the chunk servers, and its proposals
-//! cannot commit.
+//! (opened by an earlier term) in Raft, and only then accepts writes,
+//! whose stripes carry epoch `T`. Those groups' chunks are fenced at epoch
+//! `T` in the background; a deposed leader's appends are refused by the
+//! chunk servers once fenced, and its proposals cannot commit, so its
+//! late bytes are never recorded.
 
 mod compaction;
 mod gc;
@@ -253,10 +254,10 @@ impl Partition {
     ) -> Result<(), OsError> {
         let redundancy = redundancy_of(policy)?;
         let usable = self.ctx.cluster.chunk_servers().len();
-        if usable < redundancy.total_fragments() {
+        if usable < redundancy.write_quorum() {
             return Err(OsError::NoSpace(format!(
-                "{} chunk servers needed for {redundancy:?}, {usable} live",
-                redundancy.total_fragments()
+                "{} chunk servers needed for {redundancy:?} (its write quorum), {usable} live",
+                redundancy.write_quorum()
             )));
         }
         self.propose(Command::OpenWrite {
@@ -405,13 +406,18 @@ impl Partition {
             QueryResponse::GcEntries(entries) => entries.len() as u64,
             other => return Err(OsError::Internal(format!("unexpected answer {other:?}"))),
         };
+        let marked: HashMap<_, _> = match raft.read_local(Query::Lost).await.map_err(propose_error)? {
+            QueryResponse::Lost(lost) => lost.into_iter().collect(),
+            other => return Err(OsError::Internal(format!("unexpected answer {other:?}"))),
+        };
         let live: std::collections::BTreeSet<_> = self.ctx.cluster.chunk_servers().iter().map(|s| s.node).collect();
         let groups: Vec<GroupStatus> = groups
             .into_iter()
             .map(|(id, g)| {
                 let in_use = matches!(g.state, GroupState::Open { .. } | GroupState::Sealed);
                 let lost = if in_use && !live.is_empty() {
-                    g.placement.fragments.iter().filter(|f| !live.contains(&f.node)).count()
+                    let marked = marked.get(&id).map(|l| l.0.as_slice()).unwrap_or_default();
+                    repair::lost_fragments(&g, marked, &live, &self.ctx.cluster).len()
                 } else {
                     0
                 };

@@ -1,15 +1,17 @@
 //! The leader's repair of chunk groups (DESIGN §5): a fragment whose chunk
-//! server the name servers no longer list as live, or whose chunk its
-//! server reported corrupt (scrub or a read found a bad block), is rebuilt,
+//! server the name servers no longer list as live, whose chunk its server
+//! reported corrupt (scrub or a read found a bad block), or whose column
+//! missed stripes (a degraded write, a vacant column), is rebuilt,
 //! byte column by byte column, from `k` other fragments onto a chunk server
 //! outside the group (a corrupt chunk's own, still live server may take the
 //! new copy), and the group's placement switches to it. Reed-Solomon works per byte
 //! column and every stripe sits at the same offset of every chunk, so a
 //! chunk is rebuilt in fixed blocks without knowing stripe boundaries.
-//! Open groups with a lost fragment are sealed first; repair is throttled
-//! to `repair_bytes_per_sec`.
+//! Open groups with a lost fragment are sealed first, once servers to
+//! rebuild onto exist (until then the writer goes on degraded); repair is
+//! throttled to `repair_bytes_per_sec`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,7 @@ use tessera_common::ids::{ChunkId, Epoch, NodeId};
 use super::{writer, Partition};
 use crate::cluster::ClusterView;
 use crate::placement::{FragmentLoc, GroupId, GroupPlacement, Redundancy, StripeLoc};
-use crate::state::{Command, GroupRecord, GroupState, Query, QueryResponse, Response};
+use crate::state::{Command, GroupRecord, GroupState, LostColumns, Query, QueryResponse, Response};
 
 /// Bytes of a fragment rebuilt per step.
 const BLOCK_BYTES: u64 = 1 << 20;
@@ -45,9 +47,11 @@ async fn pass(partition: &Partition, term: u64) -> Result<(), String> {
         Ok(other) => return Err(format!("unexpected answer {other:?}")),
         Err(e) => return Err(e.to_string()),
     };
+    let marked = lost_columns(partition).await?;
     let mut pending = 0u64;
     for (id, record) in &groups {
-        let lost: Vec<usize> = lost_fragments(record, &live, &partition.ctx.cluster);
+        let marked = marked.get(id).map(|l| l.0.as_slice()).unwrap_or_default();
+        let lost: Vec<usize> = lost_fragments(record, marked, &live, &partition.ctx.cluster);
         if lost.is_empty() || !matches!(record.state, GroupState::Open { .. } | GroupState::Sealed) {
             continue;
         }
@@ -56,6 +60,9 @@ async fn pass(partition: &Partition, term: u64) -> Result<(), String> {
             metrics::counter!("os_groups_unrecoverable_total").increment(1);
             tracing::error!(partition = partition.id(), group = %id, ?lost, "more fragments lost than parity covers");
             continue;
+        }
+        if !replacements_exist(partition, record, &lost) {
+            continue; // nowhere to rebuild yet; reads decode meanwhile
         }
         if matches!(record.state, GroupState::Open { .. }) {
             writer::seal_group(&partition.ctx, &record.placement, term)
@@ -76,15 +83,46 @@ async fn pass(partition: &Partition, term: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Fragments on servers not live, or reported corrupt by their server.
-fn lost_fragments(record: &GroupRecord, live: &BTreeSet<NodeId>, cluster: &ClusterView) -> Vec<usize> {
+async fn lost_columns(partition: &Partition) -> Result<BTreeMap<GroupId, LostColumns>, String> {
+    match partition.ctx.raft.stale_query(Query::Lost).await {
+        Ok(QueryResponse::Lost(lost)) => Ok(lost.into_iter().collect()),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Fragments that are vacant, marked lost (they missed stripes), on
+/// servers not live, or reported corrupt by their server.
+pub(super) fn lost_fragments(
+    record: &GroupRecord,
+    marked: &[u32],
+    live: &BTreeSet<NodeId>,
+    cluster: &ClusterView,
+) -> Vec<usize> {
     let fragments = &record.placement.fragments;
     (0..fragments.len())
         .filter(|i| {
             let f = &fragments[*i];
-            !live.contains(&f.node) || cluster.is_corrupt(f.node, f.chunk)
+            f.is_vacant()
+                || marked.contains(&(*i as u32))
+                || !live.contains(&f.node)
+                || cluster.is_corrupt(f.node, f.chunk)
         })
         .collect()
+}
+
+/// Whether live chunk servers outside the group's intact columns can take
+/// every lost fragment (a lost fragment's own server, if live, may).
+fn replacements_exist(partition: &Partition, record: &GroupRecord, lost: &[usize]) -> bool {
+    let intact: BTreeSet<NodeId> = record
+        .placement
+        .fragments
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !lost.contains(i))
+        .map(|(_, f)| f.node)
+        .collect();
+    partition.ctx.cluster.choose(lost.len(), &intact).is_ok()
 }
 
 /// Rebuilds fragment `index` of sealed group `id` on a new chunk server;

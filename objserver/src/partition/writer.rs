@@ -5,19 +5,31 @@
 //! everything queued (group commit), up to `stripe_data_bytes_max`, and a
 //! lone write goes out at once as a short stripe. A stripe is recorded in
 //! Raft only after every fragment is durable, and a write is answered only
-//! after that record commits. When an append fails, the group is sealed
-//! and the stripe retried in a fresh group; when a proposal fails, the
-//! leadership is gone and the writer stops (its callers see `Unavailable`).
+//! after that record commits. When a proposal fails, the leadership is
+//! gone and the writer stops (its callers see `Unavailable`).
+//!
+//! Degraded writes: when appends fail on a few columns, the writer marks
+//! them lost in Raft and records the stripe anyway, as long as the
+//! redundancy's write quorum of fragments is durable; the group goes on
+//! without those columns. With fewer, the group is sealed and the stripe
+//! retried in a fresh group. A fresh group avoids chunk servers that failed
+//! lately, and opens with vacant columns when too few servers are live for
+//! a full one (never below the quorum). Once a full group can be placed
+//! again, a degraded open group is retired so repair can rebuild its
+//! columns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tessera_common::ids::{ChunkId, Epoch};
+use tessera_common::ids::{ChunkId, Epoch, NodeId};
 use tessera_common::os_api::OsError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{propose_error, PartitionCtx};
+use crate::cluster::ChunkServerInfo;
+use crate::group_io::{Columns, FragmentFailure};
 use crate::placement::{FragmentLoc, GroupId, GroupPlacement, Redundancy, StripeLoc};
 use crate::state::{Command, Extent, Query, QueryResponse, Relocation, Response, StateError, StripeWrite};
 
@@ -25,6 +37,10 @@ use crate::state::{Command, Extent, Query, QueryResponse, Relocation, Response, 
 const QUEUE_DEPTH: usize = 256;
 /// Fresh groups a stripe may try before its writes fail.
 const STRIPE_ATTEMPTS: usize = 3;
+/// How long new groups stay off a chunk server that failed an append or
+/// create of this writer (the name servers declare a dead one dead well
+/// within it; a live one is used again after it).
+const AVOID_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// One piece of a client write (at most a stripe's data), or a copy of a
 /// live extent made by compaction.
@@ -60,6 +76,7 @@ impl Writer {
             redundancy,
             epoch,
             open: None,
+            avoid: HashMap::new(),
         };
         Writer {
             tx,
@@ -84,6 +101,9 @@ impl Writer {
 struct OpenGroup {
     placement: GroupPlacement,
     tail: u64,
+    /// Columns marked lost in Raft (vacant or missed a stripe): appends
+    /// skip them. At most `degraded_columns_max`.
+    lost: Columns,
 }
 
 struct DataLog {
@@ -91,6 +111,8 @@ struct DataLog {
     redundancy: Redundancy,
     epoch: u64,
     open: Option<OpenGroup>,
+    /// Chunk servers that failed this writer, until when to avoid them.
+    avoid: HashMap<NodeId, Instant>,
 }
 
 /// A writer stops on this: its leadership (or storage) is gone.
@@ -225,7 +247,8 @@ impl DataLog {
     }
 
     /// Appends `data` as one stripe (retrying in fresh groups) and proposes
-    /// `make(group, stripe)` once every fragment is durable.
+    /// `make(group, stripe)` once the write quorum of fragments is durable
+    /// and the others are marked lost.
     async fn append_and_record(
         &mut self,
         data: &Bytes,
@@ -237,33 +260,104 @@ impl DataLog {
             let fragment_len = (data.len() as u64)
                 .div_ceil(self.redundancy.data_fragments() as u64)
                 .max(1);
-            self.ensure_room(fragment_len).await?;
+            if let Err(why) = self.ensure_room(fragment_len).await? {
+                last_error = why;
+                continue;
+            }
             let Some(open) = self.open.as_ref() else {
                 return Err(Stop(OsError::Internal("no open group after ensure_room".into())));
             };
-            let (placement, tail) = (open.placement.clone(), open.tail);
-            let started = std::time::Instant::now();
-            match io.append_stripe(&placement, Epoch(self.epoch), tail, data).await {
-                Ok(stripe) => {
-                    metrics::histogram!("os_stripe_append_seconds").record(started.elapsed().as_secs_f64());
-                    metrics::counter!("os_stripe_bytes_total").increment(data.len() as u64);
-                    let response = self.propose(make(placement.id, stripe)).await?;
+            let (placement, tail, lost) = (open.placement.clone(), open.tail, open.lost.clone());
+            let started = Instant::now();
+            let appended = io
+                .append_stripe_except(&placement, &lost, Epoch(self.epoch), tail, data)
+                .await;
+            let (stripe, failed) = match appended {
+                Ok(appended) => appended,
+                Err(e) => return Err(Stop(OsError::Internal(format!("stripe of {}: {e}", placement.id)))),
+            };
+            if !failed.is_empty() && !self.degrade(&placement, &failed).await? {
+                last_error = failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                tracing::warn!(partition = self.ctx.partition, group = %placement.id, error = %last_error,
+                    "stripe append failed below the write quorum: sealing the group and retrying in a new one");
+                self.retire_open_group().await?;
+                continue;
+            }
+            metrics::histogram!("os_stripe_append_seconds").record(started.elapsed().as_secs_f64());
+            metrics::counter!("os_stripe_bytes_total").increment(data.len() as u64);
+            match self.propose(make(placement.id, stripe)).await? {
+                // Repair sealed the group under us: the stripe is dead
+                // bytes in it; write it again elsewhere.
+                Response::Error(StateError::GroupNotOpen { .. }) => {
+                    last_error = format!("group {} sealed meanwhile", placement.id);
+                    self.open = None;
+                }
+                response => {
                     if let Some(open) = self.open.as_mut() {
                         open.tail = stripe.end();
                     }
                     return Ok(response);
-                }
-                Err(e) => {
-                    tracing::warn!(partition = self.ctx.partition, group = %placement.id, error = %e,
-                        "stripe append failed: sealing the group and retrying in a new one");
-                    last_error = e.to_string();
-                    self.retire_open_group().await?;
                 }
             }
         }
         Err(Stop(OsError::Unavailable(format!(
             "stripe append failed: {last_error}"
         ))))
+    }
+
+    /// A stripe of the open group failed on `failed` columns: marks them
+    /// lost and answers true if the group still meets its write quorum
+    /// (the stripe may then be recorded), false if it does not.
+    async fn degrade(&mut self, placement: &GroupPlacement, failed: &[FragmentFailure]) -> Result<bool, Stop> {
+        self.note_failures(failed);
+        let Some(open) = self.open.as_mut() else {
+            return Ok(false);
+        };
+        let mut lost = open.lost.clone();
+        lost.extend(failed.iter().map(|f| f.index));
+        if lost.len() > self.redundancy.degraded_columns_max() {
+            return Ok(false);
+        }
+        let columns = failed.iter().map(|f| f.index as u32).collect();
+        match self
+            .ctx
+            .raft
+            .propose_local(Command::MarkLost {
+                group: placement.id,
+                columns,
+            })
+            .await
+        {
+            Ok(Response::Ok) => {}
+            Ok(other) => {
+                tracing::warn!(group = %placement.id, answer = ?other, "marking columns lost refused");
+                return Ok(false);
+            }
+            Err(e) => return Err(Stop(propose_error(e))),
+        }
+        metrics::counter!("os_degraded_writes_total").increment(1);
+        for f in failed {
+            tracing::warn!(partition = self.ctx.partition, group = %placement.id, fragment = f.index, node = %f.node,
+                error = %f.error, "column lost: writing on without it until repair");
+        }
+        if let Some(open) = self.open.as_mut() {
+            open.lost = lost;
+        }
+        Ok(true)
+    }
+
+    fn note_failures(&mut self, failed: &[FragmentFailure]) {
+        let until = Instant::now() + AVOID_AFTER_FAILURE;
+        for f in failed {
+            self.avoid.insert(f.node, until);
+        }
+    }
+
+    /// Chunk servers new groups should stay off now.
+    fn avoided(&mut self) -> BTreeSet<NodeId> {
+        let now = Instant::now();
+        self.avoid.retain(|_, until| *until > now);
+        self.avoid.keys().copied().collect()
     }
 
     async fn propose(&self, command: Command) -> Result<Response, Stop> {
@@ -274,48 +368,90 @@ impl DataLog {
             .map_err(|e| Stop(propose_error(e)))
     }
 
-    /// Makes sure an open group has room for a fragment of `fragment_len`.
-    async fn ensure_room(&mut self, fragment_len: u64) -> Result<(), Stop> {
+    /// Makes sure an open group has room for a fragment of `fragment_len`;
+    /// `Ok(Err(why))` when no group could be opened this time.
+    async fn ensure_room(&mut self, fragment_len: u64) -> Result<Result<(), String>, Stop> {
         let full = self
             .open
             .as_ref()
             .is_some_and(|o| o.tail + fragment_len > self.ctx.settings.chunk_bytes_max);
-        if full {
+        let degraded = self.open.as_ref().is_some_and(|o| !o.lost.is_empty());
+        if full || (degraded && self.full_group_placeable()) {
             self.retire_open_group().await?;
         }
         if self.open.is_none() {
-            self.open = Some(self.open_group().await?);
+            match self.open_group().await? {
+                Ok(open) => self.open = Some(open),
+                Err(why) => return Ok(Err(why)),
+            }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
-    /// Seals the open group in Raft, then on its chunks (best effort: the
-    /// epoch already fences them against older leaders).
+    fn full_group_placeable(&mut self) -> bool {
+        let avoid = self.avoided();
+        let usable = self
+            .ctx
+            .cluster
+            .chunk_servers()
+            .iter()
+            .filter(|s| !avoid.contains(&s.node))
+            .count();
+        usable >= self.redundancy.total_fragments()
+    }
+
+    /// Seals the open group (see [`seal_group`]).
     async fn retire_open_group(&mut self) -> Result<(), Stop> {
         let Some(open) = self.open.take() else { return Ok(()) };
         seal_group(&self.ctx, &open.placement, self.epoch).await
     }
 
-    async fn open_group(&self) -> Result<OpenGroup, Stop> {
+    /// The chunk servers of a new group: distinct live servers, those
+    /// that failed lately only if needed, at least the write quorum.
+    fn place(&mut self) -> Result<Vec<ChunkServerInfo>, String> {
+        let total = self.redundancy.total_fragments();
+        let quorum = self.redundancy.write_quorum();
+        let servers = self.ctx.cluster.chunk_servers();
+        for exclude in [self.avoided(), BTreeSet::new()] {
+            let usable = servers.iter().filter(|s| !exclude.contains(&s.node)).count();
+            if usable >= quorum {
+                return crate::cluster::choose(&servers, usable.min(total), &exclude).map_err(|e| e.to_string());
+            }
+        }
+        Err(format!(
+            "{quorum} of {total} chunk servers needed for {:?}, {} live",
+            self.redundancy,
+            servers.len()
+        ))
+    }
+
+    /// Opens a group on the servers [`Self::place`] picks, vacant columns
+    /// (the last, parity first) for the servers missing; columns whose
+    /// chunk cannot be created are lost too. `Ok(Err(why))` when the group
+    /// could not be opened with its write quorum.
+    async fn open_group(&mut self) -> Result<Result<OpenGroup, String>, Stop> {
         let meta = match self.ctx.raft.read_local(Query::Meta).await {
             Ok(QueryResponse::Meta(meta)) => meta,
             Ok(other) => return Err(Stop(OsError::Internal(format!("unexpected answer {other:?}")))),
             Err(e) => return Err(Stop(propose_error(e))),
         };
+        let servers = match self.place() {
+            Ok(servers) => servers,
+            Err(why) => return Ok(Err(why)),
+        };
         let total = self.redundancy.total_fragments();
-        let servers = self
-            .ctx
-            .cluster
-            .choose(total, &BTreeSet::new())
-            .map_err(|e| Stop(OsError::NoSpace(e.to_string())))?;
         let partition_bits = u64::from(self.ctx.partition) << 32;
-        let fragments = servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| FragmentLoc {
-                node: s.node,
-                addr: s.addr,
-                chunk: ChunkId(partition_bits | u64::from(meta.next_chunk_seq + i as u32)),
+        let fragments: Vec<FragmentLoc> = (0..total)
+            .map(|i| {
+                let chunk = ChunkId(partition_bits | u64::from(meta.next_chunk_seq + i as u32));
+                match servers.get(i) {
+                    Some(s) => FragmentLoc {
+                        node: s.node,
+                        addr: s.addr,
+                        chunk,
+                    },
+                    None => FragmentLoc::vacant(chunk),
+                }
             })
             .collect();
         let placement = GroupPlacement {
@@ -332,30 +468,85 @@ impl DataLog {
             Response::Group(_) => {}
             other => return Err(Stop(OsError::Unavailable(format!("group not opened: {other:?}")))),
         }
-        if let Err(e) = self.ctx.io.create_chunks(&placement, Epoch(self.epoch)).await {
-            tracing::warn!(partition = self.ctx.partition, group = %placement.id, error = %e, "creating chunks failed");
+        let vacant: Columns = (servers.len()..total).collect();
+        let failed = match self
+            .ctx
+            .io
+            .create_chunks_except(&placement, &vacant, Epoch(self.epoch))
+            .await
+        {
+            Ok(()) => Vec::new(),
+            Err(crate::group_io::GroupIoError::Fragments { failed, .. }) => failed,
+            Err(e) => {
+                return Err(Stop(OsError::Internal(format!(
+                    "creating chunks of {}: {e}",
+                    placement.id
+                ))))
+            }
+        };
+        self.note_failures(&failed);
+        let mut lost = vacant;
+        lost.extend(failed.iter().map(|f| f.index));
+        if lost.len() > self.redundancy.degraded_columns_max() {
+            let why = format!(
+                "creating chunks of {}: {}",
+                placement.id,
+                failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            );
+            tracing::warn!(partition = self.ctx.partition, group = %placement.id, error = %why, "group not opened");
             seal_group(&self.ctx, &placement, self.epoch).await?;
-            return Err(Stop(OsError::Unavailable(format!("creating chunks: {e}"))));
+            return Ok(Err(why));
+        }
+        if !lost.is_empty() {
+            let columns = lost.iter().map(|c| *c as u32).collect();
+            match self
+                .propose(Command::MarkLost {
+                    group: placement.id,
+                    columns,
+                })
+                .await?
+            {
+                Response::Ok => {}
+                other => return Err(Stop(OsError::Internal(format!("marking columns lost: {other:?}")))),
+            }
         }
         tracing::info!(partition = self.ctx.partition, group = %placement.id, epoch = self.epoch,
-            servers = ?servers.iter().map(|s| s.node.0).collect::<Vec<_>>(), "opened chunk group");
-        Ok(OpenGroup { placement, tail: 0 })
+            servers = ?servers.iter().map(|s| s.node.0).collect::<Vec<_>>(), lost = ?lost, "opened chunk group");
+        Ok(Ok(OpenGroup {
+            placement,
+            tail: 0,
+            lost,
+        }))
     }
 }
 
 /// Seals `placement` in Raft, then fences and seals its chunks at the
-/// recorded length (best effort).
-pub(crate) async fn seal_group(ctx: &PartitionCtx, placement: &GroupPlacement, epoch: u64) -> Result<(), Stop> {
-    let length = match ctx.raft.propose_local(Command::SealGroup { group: placement.id }).await {
-        Ok(Response::Sealed { length }) => length,
-        Ok(other) => return Err(Stop(OsError::Internal(format!("seal answered {other:?}")))),
-        Err(e) => return Err(Stop(propose_error(e))),
-    };
+/// recorded length in the background: best effort, since only Raft decides
+/// what a group holds (a stripe is never recorded into a sealed group) and
+/// a dead chunk server must not hold up writes or a take-over.
+pub(crate) async fn seal_group(ctx: &Arc<PartitionCtx>, placement: &GroupPlacement, epoch: u64) -> Result<(), Stop> {
+    let length = seal_in_raft(ctx, placement).await?;
+    let (ctx, placement) = (ctx.clone(), placement.clone());
+    tokio::spawn(async move { seal_chunks(&ctx, &placement, epoch, length).await });
+    Ok(())
+}
+
+/// Seals the group in Raft; answers the length its chunks are sealed at.
+async fn seal_in_raft(ctx: &PartitionCtx, placement: &GroupPlacement) -> Result<u64, Stop> {
+    match ctx.raft.propose_local(Command::SealGroup { group: placement.id }).await {
+        Ok(Response::Sealed { length }) => Ok(length),
+        Ok(other) => Err(Stop(OsError::Internal(format!("seal answered {other:?}")))),
+        Err(e) => Err(Stop(propose_error(e))),
+    }
+}
+
+/// Fences and seals the group's chunks at `length`, best effort: the
+/// epoch fences them anyway, and a chunk that missed stripes stays short.
+async fn seal_chunks(ctx: &PartitionCtx, placement: &GroupPlacement, epoch: u64, length: u64) {
     if let Err(e) = ctx.io.seal(placement, Epoch(epoch), length).await {
         tracing::warn!(partition = ctx.partition, group = %placement.id, error = %e,
             "sealing chunks failed; the epoch fences them");
     }
-    Ok(())
 }
 
 fn fail_all(jobs: impl Iterator<Item = WriteJob>, error: &OsError) {

@@ -5,8 +5,8 @@ use tessera_raft::kv::{KvRead, Txn};
 
 use super::extents::{self, Placed};
 use super::records::{
-    decode, encode, get, group_key, meta, put_meta, uid_key, Extent, GroupRecord, GroupState, ObjectRecord, GROUPS,
-    OBJECTS,
+    decode, encode, get, group_key, meta, put_meta, uid_key, Extent, GroupRecord, GroupState, LostColumns,
+    ObjectRecord, GROUPS, GROUP_LOST, OBJECTS,
 };
 use super::{ApplyCtx, Relocation, Response, StateError, StripeWrite};
 use tessera_common::ids::ChunkId;
@@ -85,6 +85,14 @@ fn append_stripe<R: KvRead + ?Sized>(
             chunk_offset: stripe.chunk_offset,
             tail: record.tail,
         });
+    }
+    let lost = lost_columns(&*txn, id)?;
+    let degraded_max = record.placement.redundancy.degraded_columns_max();
+    if lost.0.len() > degraded_max {
+        return Err(StateError::BadRequest(format!(
+            "group {id} lost {} columns, writes allow {degraded_max}",
+            lost.0.len()
+        )));
     }
     let capacity = record.placement.redundancy.data_fragments() as u64 * u64::from(stripe.fragment_len);
     let mut data_bytes = 0;
@@ -254,7 +262,64 @@ pub fn replace_fragment<R: KvRead + ?Sized>(
     }
     *slot = new.clone();
     txn.put(GROUPS, group_key(id), encode(&record));
+    let mut lost = lost_columns(&*txn, id)?;
+    lost.0.retain(|column| *column != index);
+    put_lost(txn, id, &lost);
     Ok(Response::Ok)
+}
+
+/// The columns of group `id` that missed stripes (empty when none did).
+pub fn lost_columns<R: KvRead + ?Sized>(view: &R, id: GroupId) -> Result<LostColumns, StateError> {
+    Ok(get(view, GROUP_LOST, &group_key(id))?.unwrap_or_default())
+}
+
+fn put_lost<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, id: GroupId, lost: &LostColumns) {
+    if lost.0.is_empty() {
+        txn.delete(GROUP_LOST, group_key(id));
+    } else {
+        txn.put(GROUP_LOST, group_key(id), encode(lost));
+    }
+}
+
+/// Records that `columns` of an open or sealed group miss stripes: the
+/// proposer marks them before recording a stripe written without them.
+/// Marking is a fact, never refused for being too many (recording is).
+pub fn mark_lost<R: KvRead + ?Sized>(
+    txn: &mut Txn<'_, R>,
+    id: GroupId,
+    columns: &[u32],
+) -> Result<Response, StateError> {
+    let record = group(&*txn, id)?;
+    if !matches!(record.state, GroupState::Open { .. } | GroupState::Sealed) {
+        return Err(StateError::BadRequest(format!(
+            "group {id} is {}: no columns to lose",
+            record.state.name()
+        )));
+    }
+    let total = record.placement.fragments.len();
+    if let Some(bad) = columns.iter().find(|c| **c as usize >= total) {
+        return Err(StateError::BadRequest(format!("group {id} has no column {bad}")));
+    }
+    let mut lost = lost_columns(&*txn, id)?;
+    lost.0.extend_from_slice(columns);
+    lost.0.sort_unstable();
+    lost.0.dedup();
+    assert!(lost.0.len() <= total, "lost columns are distinct columns of the group");
+    put_lost(txn, id, &lost);
+    Ok(Response::Ok)
+}
+
+/// Every group with lost columns.
+pub fn all_lost<R: KvRead + ?Sized>(view: &R) -> Result<Vec<(GroupId, LostColumns)>, StateError> {
+    let mut out = Vec::new();
+    for (key, value) in view.scan(GROUP_LOST, &[], None, usize::MAX)? {
+        let bytes: [u8; 8] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| super::records::corrupt(GROUP_LOST, "group key length"))?;
+        out.push((GroupId(u64::from_be_bytes(bytes)), decode(GROUP_LOST, &value)?));
+    }
+    Ok(out)
 }
 
 pub fn all<R: KvRead + ?Sized>(view: &R) -> Result<Vec<(GroupId, GroupRecord)>, StateError> {

@@ -23,7 +23,9 @@ use tessera_raft::kv::{KvError, KvRead, Txn};
 pub use tessera_raft::ApplyCtx;
 
 pub use extents::Placed;
-pub use records::{Extent, GcEntry, GroupRecord, GroupState, Meta, ObjectRecord, EXTENT_BYTES_MAX, TABLES};
+pub use records::{
+    Extent, GcEntry, GroupRecord, GroupState, LostColumns, Meta, ObjectRecord, EXTENT_BYTES_MAX, TABLES,
+};
 
 use tessera_common::ids::ChunkId;
 
@@ -152,6 +154,10 @@ pub enum Command {
         old: ChunkId,
         new: FragmentLoc,
     },
+    /// Columns of a group that miss stripes from now on (a degraded write
+    /// is recorded only after its missing columns are marked) or were
+    /// opened vacant; repair rebuilds them.
+    MarkLost { group: GroupId, columns: Vec<u32> },
 }
 
 /// One extent copied by compaction: the copy is stripe data bytes
@@ -213,6 +219,7 @@ pub fn apply<R: KvRead + ?Sized>(
         Command::GroupReleased { group } => groups::released(txn, *group),
         Command::ReserveChunks { count } => groups::reserve_chunks(txn, *count),
         Command::ReplaceFragment { group, index, old, new } => groups::replace_fragment(txn, *group, *index, *old, new),
+        Command::MarkLost { group, columns } => groups::mark_lost(txn, *group, columns),
     };
     match result {
         Ok(response) => Ok(response),
@@ -245,6 +252,8 @@ pub enum Query {
         after: Option<(u128, u64)>,
         limit: u32,
     },
+    /// Groups with lost columns.
+    Lost,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +275,7 @@ pub enum QueryResponse {
     GroupExtents(Vec<(u128, u64, Extent)>),
     Groups(Vec<(GroupId, GroupRecord)>),
     Meta(Meta),
+    Lost(Vec<(GroupId, LostColumns)>),
 }
 
 pub fn query<R: KvRead + ?Sized>(view: &R, query: &Query) -> Result<QueryResponse, StateError> {
@@ -281,6 +291,7 @@ pub fn query<R: KvRead + ?Sized>(view: &R, query: &Query) -> Result<QueryRespons
                 .map(|(uid, p)| (uid, p.offset, p.extent))
                 .collect(),
         )),
+        Query::Lost => groups::all_lost(view).map(QueryResponse::Lost),
     }
 }
 

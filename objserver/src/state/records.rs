@@ -22,8 +22,11 @@ pub const GROUP_EXTENTS: Table = "os_group_extents";
 pub const GROUPS: Table = "os_groups";
 /// Singleton counters ([`Meta`]).
 pub const META: Table = "os_meta";
+/// group id → [`LostColumns`]: columns of a group that do not hold every
+/// recorded stripe (written degraded, or opened vacant); absent when none.
+pub const GROUP_LOST: Table = "os_group_lost";
 
-pub const TABLES: &[Table] = &[OBJECTS, GC, EXTENTS, GROUP_EXTENTS, GROUPS, META];
+pub const TABLES: &[Table] = &[OBJECTS, GC, EXTENTS, GROUP_EXTENTS, GROUPS, META, GROUP_LOST];
 
 const META_KEY: &[u8] = b"meta";
 
@@ -100,6 +103,15 @@ pub struct GroupRecord {
     /// Bytes still referenced by some extent (`<= written_bytes`).
     pub live_bytes: u64,
 }
+
+/// Fragment columns of a group that missed stripes: a degraded write was
+/// recorded without them, or the group was opened with them vacant. Reads
+/// decode around them; repair rebuilds each whole column elsewhere and
+/// drops it from the set. Sorted, distinct, each below the group's
+/// fragment count, and never more than its redundancy allows writes with
+/// (`Redundancy::degraded_columns_max`) while stripes are recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostColumns(pub Vec<u32>);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {

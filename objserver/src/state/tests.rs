@@ -105,6 +105,20 @@ impl Db {
             assert!(indexed.iter().all(|(_, _, e)| e.group == id));
             assert!(group.live_bytes <= group.written_bytes);
         }
+        let groups: std::collections::BTreeMap<GroupId, GroupRecord> = self.groups().into_iter().collect();
+        for (id, lost) in self.lost() {
+            let group = groups.get(&id).expect("lost columns belong to a known group");
+            assert!(!lost.0.is_empty(), "an empty set is not stored");
+            assert!(lost.0.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+            assert!(lost.0.iter().all(|c| (*c as usize) < group.placement.fragments.len()));
+        }
+    }
+
+    fn lost(&self) -> Vec<(GroupId, LostColumns)> {
+        match self.query(Query::Lost) {
+            QueryResponse::Lost(lost) => lost,
+            other => panic!("{other:?}"),
+        }
     }
 }
 
@@ -330,6 +344,62 @@ fn a_write_beyond_the_stripe_is_refused() {
     ));
     assert!(db.extents(1).is_empty());
     assert_eq!(db.groups()[0].1.tail, 0, "a refused stripe leaves the group as it was");
+}
+
+#[test]
+fn lost_columns_allow_degraded_stripes_up_to_the_quorum_and_repair_clears_them() {
+    let mut db = Db::new();
+    db.apply(open(1));
+    db.apply(Command::OpenGroup {
+        placement: placement(0, 0),
+    });
+    let mark = |columns: &[u32]| Command::MarkLost {
+        group: GroupId(0),
+        columns: columns.to_vec(),
+    };
+    assert!(matches!(
+        db.apply(mark(&[6])),
+        Response::Error(StateError::BadRequest(_))
+    ));
+    assert_eq!(db.apply(mark(&[2])), Response::Ok);
+    assert_eq!(db.apply(mark(&[2])), Response::Ok, "marking is idempotent");
+    assert_eq!(db.lost(), vec![(GroupId(0), LostColumns(vec![2]))]);
+    // EC 4+2 records stripes with one column lost (5 of 6 durable)...
+    assert!(matches!(
+        db.apply(stripe(0, 0, &[(1, 0, 10, 0)])),
+        Response::Recorded(_)
+    ));
+    // ...but not with two: the data would be one loss away from gone.
+    assert_eq!(db.apply(mark(&[5, 0])), Response::Ok);
+    assert_eq!(db.lost(), vec![(GroupId(0), LostColumns(vec![0, 2, 5]))]);
+    assert!(matches!(
+        db.apply(stripe(0, 4096, &[(1, 10, 10, 0)])),
+        Response::Error(StateError::BadRequest(_))
+    ));
+    assert_eq!(db.extents(1), vec![(0, 10, 0)], "the refused stripe mapped nothing");
+
+    // Repair replaces sealed columns one by one; each leaves the set.
+    db.apply(Command::SealGroup { group: GroupId(0) });
+    for (column, chunk) in [(0u32, 100u64), (2, 101), (5, 102)] {
+        let response = db.apply(Command::ReplaceFragment {
+            group: GroupId(0),
+            index: column,
+            old: ChunkId(u64::from(column)),
+            new: FragmentLoc {
+                node: NodeId(50 + u64::from(column)),
+                addr: "127.0.0.1:2".parse().expect("addr"),
+                chunk: ChunkId(chunk),
+            },
+        });
+        assert_eq!(response, Response::Ok);
+    }
+    assert!(db.lost().is_empty(), "every lost column was rebuilt");
+    db.apply(Command::Delete { uid: 1 });
+    assert_eq!(db.apply(Command::ReleaseGroup { group: GroupId(0) }), Response::Ok);
+    assert!(matches!(
+        db.apply(mark(&[1])),
+        Response::Error(StateError::BadRequest(_))
+    ));
 }
 
 #[test]
