@@ -158,7 +158,7 @@ mod tests {
             db.delete_cf(meta, KEY_LOG_FORMAT).expect("delete");
             db.put_cf(meta, KEY_VOTE, b"vote").expect("put");
         }
-        let error = open(old.path(), &[]).err().expect("format 1 is refused");
+        let error = open(old.path(), &[]).expect_err("format 1 is refused");
         assert!(format!("{error:#}").contains("format 1"), "{error:#}");
 
         let other = tempfile::tempdir().expect("tempdir");
@@ -167,7 +167,7 @@ mod tests {
             let meta = db.cf_handle(CF_RAFT_META).expect("meta");
             db.put_cf(meta, KEY_LOG_FORMAT, 9u32.to_be_bytes()).expect("put");
         }
-        let error = open(other.path(), &[]).err().expect("a newer format is refused");
+        let error = open(other.path(), &[]).expect_err("a newer format is refused");
         assert!(format!("{error:#}").contains("Some(9)"), "{error:#}");
     }
 }
