@@ -70,7 +70,8 @@ impl fmt::Display for FragmentFailure {
     }
 }
 
-fn list(failed: &[FragmentFailure]) -> String {
+/// The failures, one per fragment, for messages.
+pub fn list(failed: &[FragmentFailure]) -> String {
     let items: Vec<String> = failed.iter().map(ToString::to_string).collect();
     items.join("; ")
 }

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{propose_error, PartitionCtx};
 use crate::cluster::ChunkServerInfo;
-use crate::group_io::{Columns, FragmentFailure};
+use crate::group_io::{list, Columns, FragmentFailure};
 use crate::placement::{FragmentLoc, GroupId, GroupPlacement, Redundancy, StripeLoc};
 use crate::state::{Command, Extent, Query, QueryResponse, Relocation, Response, StateError, StripeWrite};
 
@@ -277,7 +277,7 @@ impl DataLog {
                 Err(e) => return Err(Stop(OsError::Internal(format!("stripe of {}: {e}", placement.id)))),
             };
             if !failed.is_empty() && !self.degrade(&placement, &failed).await? {
-                last_error = failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                last_error = list(&failed);
                 tracing::warn!(partition = self.ctx.partition, group = %placement.id, error = %last_error,
                     "stripe append failed below the write quorum: sealing the group and retrying in a new one");
                 self.retire_open_group().await?;
@@ -318,22 +318,8 @@ impl DataLog {
         if lost.len() > self.redundancy.degraded_columns_max() {
             return Ok(false);
         }
-        let columns = failed.iter().map(|f| f.index as u32).collect();
-        match self
-            .ctx
-            .raft
-            .propose_local(Command::MarkLost {
-                group: placement.id,
-                columns,
-            })
-            .await
-        {
-            Ok(Response::Ok) => {}
-            Ok(other) => {
-                tracing::warn!(group = %placement.id, answer = ?other, "marking columns lost refused");
-                return Ok(false);
-            }
-            Err(e) => return Err(Stop(propose_error(e))),
+        if !self.mark_lost(placement.id, failed.iter().map(|f| f.index)).await? {
+            return Ok(false);
         }
         metrics::counter!("os_degraded_writes_total").increment(1);
         for f in failed {
@@ -344,6 +330,18 @@ impl DataLog {
             open.lost = lost;
         }
         Ok(true)
+    }
+
+    /// Records `columns` of `group` as lost in Raft; false if refused.
+    async fn mark_lost(&self, group: GroupId, columns: impl Iterator<Item = usize>) -> Result<bool, Stop> {
+        let columns = columns.map(|c| c as u32).collect();
+        match self.propose(Command::MarkLost { group, columns }).await? {
+            Response::Ok => Ok(true),
+            other => {
+                tracing::warn!(%group, answer = ?other, "marking columns lost refused");
+                Ok(false)
+            }
+        }
     }
 
     fn note_failures(&mut self, failed: &[FragmentFailure]) {
@@ -488,27 +486,16 @@ impl DataLog {
         let mut lost = vacant;
         lost.extend(failed.iter().map(|f| f.index));
         if lost.len() > self.redundancy.degraded_columns_max() {
-            let why = format!(
-                "creating chunks of {}: {}",
-                placement.id,
-                failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-            );
+            let why = format!("creating chunks of {}: {}", placement.id, list(&failed));
             tracing::warn!(partition = self.ctx.partition, group = %placement.id, error = %why, "group not opened");
             seal_group(&self.ctx, &placement, self.epoch).await?;
             return Ok(Err(why));
         }
-        if !lost.is_empty() {
-            let columns = lost.iter().map(|c| *c as u32).collect();
-            match self
-                .propose(Command::MarkLost {
-                    group: placement.id,
-                    columns,
-                })
-                .await?
-            {
-                Response::Ok => {}
-                other => return Err(Stop(OsError::Internal(format!("marking columns lost: {other:?}")))),
-            }
+        if !lost.is_empty() && !self.mark_lost(placement.id, lost.iter().copied()).await? {
+            return Err(Stop(OsError::Internal(format!(
+                "marking columns of {} lost refused",
+                placement.id
+            ))));
         }
         tracing::info!(partition = self.ctx.partition, group = %placement.id, epoch = self.epoch,
             servers = ?servers.iter().map(|s| s.node.0).collect::<Vec<_>>(), lost = ?lost, "opened chunk group");
@@ -525,28 +512,19 @@ impl DataLog {
 /// what a group holds (a stripe is never recorded into a sealed group) and
 /// a dead chunk server must not hold up writes or a take-over.
 pub(crate) async fn seal_group(ctx: &Arc<PartitionCtx>, placement: &GroupPlacement, epoch: u64) -> Result<(), Stop> {
-    let length = seal_in_raft(ctx, placement).await?;
+    let length = match ctx.raft.propose_local(Command::SealGroup { group: placement.id }).await {
+        Ok(Response::Sealed { length }) => length,
+        Ok(other) => return Err(Stop(OsError::Internal(format!("seal answered {other:?}")))),
+        Err(e) => return Err(Stop(propose_error(e))),
+    };
     let (ctx, placement) = (ctx.clone(), placement.clone());
-    tokio::spawn(async move { seal_chunks(&ctx, &placement, epoch, length).await });
+    tokio::spawn(async move {
+        if let Err(e) = ctx.io.seal(&placement, Epoch(epoch), length).await {
+            tracing::warn!(partition = ctx.partition, group = %placement.id, error = %e,
+                "sealing chunks failed; the epoch fences them");
+        }
+    });
     Ok(())
-}
-
-/// Seals the group in Raft; answers the length its chunks are sealed at.
-async fn seal_in_raft(ctx: &PartitionCtx, placement: &GroupPlacement) -> Result<u64, Stop> {
-    match ctx.raft.propose_local(Command::SealGroup { group: placement.id }).await {
-        Ok(Response::Sealed { length }) => Ok(length),
-        Ok(other) => Err(Stop(OsError::Internal(format!("seal answered {other:?}")))),
-        Err(e) => Err(Stop(propose_error(e))),
-    }
-}
-
-/// Fences and seals the group's chunks at `length`, best effort: the
-/// epoch fences them anyway, and a chunk that missed stripes stays short.
-async fn seal_chunks(ctx: &PartitionCtx, placement: &GroupPlacement, epoch: u64, length: u64) {
-    if let Err(e) = ctx.io.seal(placement, Epoch(epoch), length).await {
-        tracing::warn!(partition = ctx.partition, group = %placement.id, error = %e,
-            "sealing chunks failed; the epoch fences them");
-    }
 }
 
 fn fail_all(jobs: impl Iterator<Item = WriteJob>, error: &OsError) {
