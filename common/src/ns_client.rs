@@ -21,8 +21,9 @@ use crate::ns_api::{
     self, AccessKeyInfo, AddMemberReq, AuthorizeReq, Authz, BucketEntry, BucketReq, ClusterMap, ClusterMapReq,
     CommitNameReq, CommitOk, CompleteUploadReq, CreateBucketReq, CreateGuardReq, CreateUploadReq, DeleteOk, GrantReq,
     KeyCreateReq, KeyListReq, KeyRevokeReq, KeySecret, ListBucketsReq, ListObjectsReq, ListPartsReq, ListUploadsReq,
-    MembersInfo, MembersReq, NameReq, NewAccessKey, NsError, ObjServerHeartbeat, ObjectInfo, ObjectsPage, PartsPage,
-    Permission, PutPartReq, ReapOutcome, ReapReq, RemoveMemberReq, SecretReq, StoragePolicy, UploadReq, UploadsPage,
+    LogPositionReq, MembersInfo, MembersReq, NameReq, NewAccessKey, NsError, ObjServerHeartbeat, ObjectInfo,
+    ObjectsPage, PartsPage, Permission, PutPartReq, ReapOutcome, ReapReq, RemoveMemberReq, SecretReq, StoragePolicy,
+    UploadReq, UploadsPage,
 };
 use crate::rpc::{self, CallOptions, Method, RpcError, Transport};
 
@@ -133,6 +134,11 @@ impl<T: Transport> NameServerClient<T> {
 
     pub async fn delete_name(&self, bucket: &str, key: &str) -> Result<DeleteOk, NsCallError> {
         self.call::<ns_api::DeleteName, DeleteOk>(&name_req(bucket, key)).await
+    }
+
+    /// A birth stamp for new uids (`ns.log_position`).
+    pub async fn log_position(&self) -> Result<u64, NsCallError> {
+        self.call::<ns_api::LogPosition, u64>(&LogPositionReq).await
     }
 
     pub async fn reap(&self, uid: u128) -> Result<ReapOutcome, NsCallError> {

@@ -4,6 +4,7 @@
 //! settings). The write protocol lives in [`crate::write`], the read path
 //! in [`crate::read`]; both are methods of [`Backend`].
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ pub struct Backend {
     buckets: TtlCache<String, Option<BucketEntry>>,
     secrets: TtlCache<String, Option<KeySecret>>,
     grants: TtlCache<(String, String, u8), bool>,
+    /// The birth stamp for new uids (`write::fresh_uid`) and the newest
+    /// one seen.
+    pub(crate) births: TtlCache<(), u64>,
+    pub(crate) birth_last: AtomicU64,
 }
 
 fn permission_tag(p: Permission) -> u8 {
@@ -58,6 +63,8 @@ impl Backend {
             buckets: TtlCache::new(ttl, CACHE_ENTRIES_MAX),
             secrets: TtlCache::new(ttl, CACHE_ENTRIES_MAX),
             grants: TtlCache::new(ttl, CACHE_ENTRIES_MAX),
+            births: TtlCache::new(crate::write::BIRTH_REFRESH, 1),
+            birth_last: AtomicU64::new(0),
         })
     }
 

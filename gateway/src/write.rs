@@ -1,7 +1,7 @@
 //! The write protocol of DESIGN §4, as the gateway runs it for every PUT,
 //! copy target, multipart part and multipart completion:
 //!
-//! 1. a fresh uid;
+//! 1. a fresh uid, born at a recent name-server log position;
 //! 2. `ns.create_guard(name, uid)` (names only, not parts) and
 //! 3. `os.open_write(uid)` (the GC entry and its reservation), both at once;
 //! 4. the body streamed to the object servers in pieces, a few in flight;
@@ -15,11 +15,13 @@
 //! the object server frees the data. A body longer than the TTLs renews
 //! both while it streams.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use s3s::{s3_error, S3Error, StdError};
+use tessera_common::ids::mint_uid;
 use tessera_common::ns_api::StoragePolicy;
 use tessera_common::os_client::{OsCallError, OsClient};
 use tessera_common::rpc::RpcClient;
@@ -28,6 +30,10 @@ use tokio::task::{JoinError, JoinSet};
 use crate::backend::Backend;
 use crate::errors::{ns_error, os_error};
 use crate::failpoints::WriteStep;
+
+/// How long a birth stamp for new uids is reused before the name servers
+/// are asked again.
+pub const BIRTH_REFRESH: Duration = Duration::from_secs(5);
 
 /// S3's largest single PUT.
 pub const PUT_BYTES_MAX: u64 = 5 << 30;
@@ -58,7 +64,7 @@ impl Backend {
         policy: StoragePolicy,
         size_hint_bytes: u64,
     ) -> Result<Upload, S3Error> {
-        let uid = fresh_uid();
+        let uid = self.fresh_uid().await;
         let upload = Upload {
             uid,
             partition: self.os.partition_of(uid),
@@ -70,6 +76,29 @@ impl Backend {
         tracing::debug!(uid = %format_args!("{uid:032x}"), ?name, "write begins");
         self.renew(&upload).await?;
         Ok(upload)
+    }
+
+    /// A fresh uid born at the name servers' log position (see
+    /// `tessera_common::ids::uid_birth`), fetched at most once per
+    /// [`BIRTH_REFRESH`]. When they cannot answer, the last known position
+    /// (or 0) is used: an older birth is safe, the uid is only refused
+    /// sooner by the reap watermark.
+    pub async fn fresh_uid(&self) -> u128 {
+        let birth = match self.births.get(&()) {
+            Some(birth) => birth,
+            None => match self.ns.log_position().await {
+                Ok(position) => {
+                    let birth = self.birth_last.fetch_max(position, Ordering::Relaxed).max(position);
+                    self.births.insert((), birth);
+                    birth
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no log position; minting with the last known birth");
+                    self.birth_last.load(Ordering::Relaxed)
+                }
+            },
+        };
+        mint_uid(birth)
     }
 
     /// (Re)creates the guard and the GC entry (both idempotent), at once.
@@ -196,16 +225,6 @@ fn body_error(e: StdError) -> S3Error {
         Err(other) => {
             tracing::info!(error = %other, "request body failed");
             s3_error!(IncompleteBody, "the request body could not be read: {other}")
-        }
-    }
-}
-
-/// A random, non-zero uid.
-pub fn fresh_uid() -> u128 {
-    loop {
-        let uid = rand::random::<u128>();
-        if uid != 0 {
-            return uid;
         }
     }
 }

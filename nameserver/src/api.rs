@@ -26,8 +26,8 @@ use openraft::ServerState;
 use tessera_common::chunk_api::{self, ChunkServerHeartbeat, HeartbeatAck};
 use tessera_common::clock::{Clock, TokioClock};
 use tessera_common::ns_api::{
-    self, CommitNameReq, CommitOk, CompleteUploadReq, CreateBucketReq, CreateGuardReq, DeleteOk, NameReq, NsError,
-    ObjectInfo, ReapReq,
+    self, CommitNameReq, CommitOk, CompleteUploadReq, CreateBucketReq, CreateGuardReq, DeleteOk, LogPositionReq,
+    NameReq, NsError, ObjectInfo, ReapReq,
 };
 use tessera_common::rpc::{self, CallOptions, Method, RequestCtx, Router};
 use tokio::sync::watch;
@@ -125,6 +125,7 @@ pub fn routes(router: Router, node: NsGroup, liveness: Arc<Liveness>) -> (Router
     let router = route!(router, api, ns_api::GetObject, get_object);
     let router = route!(router, api, ns_api::DeleteName, delete_name);
     let router = route!(router, api, ns_api::Reap, reap);
+    let router = route!(router, api, ns_api::LogPosition, log_position);
     let router = route!(router, api, chunk_api::Heartbeat, heartbeat);
     let router = route!(router, api, ForwardedHeartbeat, forwarded_heartbeat);
     let router = route!(router, api, ns_api::ObjServerBeat, objserver_heartbeat);
@@ -311,6 +312,17 @@ impl Api {
             Response::Reap(ReapOutcome::Free) => Ok(ns_api::ReapOutcome::Free),
             other => Err(response_error(other)),
         }
+    }
+
+    /// This node's last applied index: committed, so a birth stamp for
+    /// new uids (see `namespace::reaped`).
+    async fn log_position(&self, _req: LogPositionReq) -> Result<u64, NsError> {
+        Ok(self
+            .node
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |log_id| log_id.index))
     }
 
     /// `ns.chunkserver_heartbeat`: recorded by the leader, forwarded to it
@@ -510,7 +522,7 @@ pub(crate) fn namespace_error(e: NamespaceError) -> NsError {
         NamespaceError::InvalidBucketName { reason, .. } => NsError::InvalidBucketName(reason),
         NamespaceError::InvalidPolicy(_) => NsError::InvalidPolicy,
         NamespaceError::InvalidKey { .. } => NsError::InvalidKey,
-        NamespaceError::UidReaped(_) => NsError::UidReaped,
+        NamespaceError::UidReaped(_) | NamespaceError::UidTooOld { .. } => NsError::UidReaped,
         NamespaceError::PreconditionFailed => NsError::PreconditionFailed,
         NamespaceError::NoSuchAccessKey(_) => NsError::NoSuchAccessKey,
         NamespaceError::AccessKeyExists(_) => NsError::AccessKeyExists,
@@ -584,6 +596,12 @@ mod tests {
             NsError::Unavailable("x".into())
         );
         assert_eq!(namespace_error(NamespaceError::UidReaped(3)), NsError::UidReaped);
+        let too_old = NamespaceError::UidTooOld {
+            uid: 3,
+            birth: 1,
+            watermark: 2,
+        };
+        assert_eq!(namespace_error(too_old), NsError::UidReaped);
         assert_eq!(
             response_error(Response::Error(NamespaceError::PreconditionFailed)),
             NsError::PreconditionFailed

@@ -16,6 +16,10 @@
 //! election_timeout_max_ms = 2000
 //! snapshot_logs_since_last = 10000
 //!
+//! [cluster]                           # optional, every knob has a default
+//! node_liveness_timeout_ms = 10000
+//! reap_retention_ms = 86400000        # how long reaped uids are remembered
+//!
 //! # Initial members, used only on the very first start of a fresh cluster.
 //! [[bootstrap]]
 //! id = 1
@@ -63,6 +67,12 @@ pub struct ClusterSettings {
     pub node_liveness_timeout_ms: u64,
     /// How often the leader hands pending deletes to the object servers.
     pub delete_handoff_interval_ms: u64,
+    /// How long reaped uids are remembered. A write (PUT body, part)
+    /// that takes longer than this between minting its uid and its commit
+    /// is refused; a shorter retention keeps the reaped table smaller.
+    pub reap_retention_ms: u64,
+    /// How often the leader checks whether reaped uids can be forgotten.
+    pub reap_prune_interval_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -71,6 +81,8 @@ impl Default for ClusterSettings {
             heartbeat_interval_ms: 2_000,
             node_liveness_timeout_ms: 10_000,
             delete_handoff_interval_ms: 1_000,
+            reap_retention_ms: 24 * 3600 * 1000,
+            reap_prune_interval_ms: 10_000,
         }
     }
 }
@@ -82,6 +94,7 @@ impl ClusterSettings {
             heartbeat_interval_ms: 200,
             node_liveness_timeout_ms: 1_500,
             delete_handoff_interval_ms: 200,
+            ..ClusterSettings::default()
         }
     }
 }
@@ -116,6 +129,9 @@ impl NameServerConfig {
         let cluster = &self.cluster;
         if cluster.heartbeat_interval_ms == 0 || cluster.node_liveness_timeout_ms < 2 * cluster.heartbeat_interval_ms {
             bail!("cluster.node_liveness_timeout_ms must be at least twice cluster.heartbeat_interval_ms (> 0)");
+        }
+        if cluster.reap_prune_interval_ms == 0 || cluster.reap_retention_ms < cluster.reap_prune_interval_ms {
+            bail!("cluster.reap_retention_ms must be at least cluster.reap_prune_interval_ms (> 0)");
         }
         self.validate_bootstrap()
     }

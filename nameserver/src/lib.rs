@@ -11,4 +11,5 @@ pub mod guards;
 pub mod keys_api;
 pub mod namespace;
 pub mod raft;
+pub mod reap_pruner;
 pub mod s3_api;

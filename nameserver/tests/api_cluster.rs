@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tessera_common::chunk_api::{self, ChunkServerHeartbeat, DiskStatus};
-use tessera_common::ids::NodeId;
+use tessera_common::ids::{mint_uid, NodeId};
 use tessera_common::ns_api::{
     Authz, CommitCondition, CommitNameReq, CompleteUploadReq, CreateUploadReq, ListObjectsReq, ListPartsReq,
     ListUploadsReq, NsError, PartInfo, Permission, PutPartReq, ReapOutcome, StoragePolicy, UploadMeta, UploadReq,
@@ -39,6 +39,10 @@ struct Cluster {
 impl Cluster {
     /// Starts 3 nodes, bootstraps them and waits for a leader.
     async fn three() -> Cluster {
+        Cluster::three_with(ClusterSettings::default()).await
+    }
+
+    async fn three_with(settings: ClusterSettings) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         init_cluster(&certs, &["ns1", "ns2", "ns3", "client"].map(String::from)).expect("certs");
@@ -55,7 +59,7 @@ impl Cluster {
                 metrics_listen: None,
                 raft: RaftTuning::loopback(),
                 bootstrap: Vec::new(),
-                cluster: ClusterSettings::default(),
+                cluster: settings.clone(),
             };
             let node = RaftNode::start(config).await.expect("start node");
             addrs.insert(id, node.addr());
@@ -489,4 +493,79 @@ async fn s3_facing_calls_work_over_the_wire() {
     assert_eq!(client.get_bucket(BUCKET).await.expect("get"), None);
     assert_eq!(refused(client.delete_bucket(BUCKET).await), NsError::NoSuchBucket);
     cluster.stop_all().await;
+}
+
+/// Reaped uids are forgotten a retention after their reap, and what keeps
+/// that safe holds on a live cluster: a uid born before the watermark is
+/// refused whether it was reaped (its row may be gone) or not, and a uid
+/// minted at a fresh log position commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaped_uids_are_pruned_after_the_retention_and_older_births_refused() {
+    let _serial = SERIAL.lock().await;
+    let settings = ClusterSettings {
+        reap_retention_ms: 1_500,
+        reap_prune_interval_ms: 100,
+        ..ClusterSettings::default()
+    };
+    let cluster = Cluster::three_with(settings).await;
+    let client = cluster.client(1);
+    client
+        .create_bucket(BUCKET, "alice", StoragePolicy::Ec { k: 4, m: 2 })
+        .await
+        .expect("create bucket");
+    let birth = client.log_position().await.expect("log position");
+    let (reaped, unreaped) = (mint_uid(birth), mint_uid(birth));
+    assert_eq!(client.reap(reaped).await.expect("reap"), ReapOutcome::Free);
+    let leader = cluster.leader().await;
+    let reap_index = applied(&cluster.nodes[&leader]);
+
+    // Entries after the reap, so the index applied a retention ago passes it.
+    let deadline = Instant::now() + WAIT;
+    let mut filler = 0u128;
+    loop {
+        filler += 1;
+        let uid = mint_uid(client.log_position().await.expect("log position"));
+        client.create_guard(BUCKET, "filler", uid, TTL).await.expect("guard");
+        client
+            .commit_name(&commit("filler", uid, CommitCondition::None))
+            .await
+            .expect("commit");
+        if watermark(&cluster, leader).await > reap_index {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reap watermark never passed index {reap_index}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(filler > 1, "pruning waited for the retention");
+
+    for uid in [reaped, unreaped] {
+        client.create_guard(BUCKET, "old", uid, TTL).await.expect("guard");
+        assert_eq!(
+            refused(client.commit_name(&commit("old", uid, CommitCondition::None)).await),
+            NsError::UidReaped,
+            "a uid born below the watermark"
+        );
+    }
+    assert_eq!(client.get_object(BUCKET, "old").await.expect("get"), None);
+    let fresh = mint_uid(client.log_position().await.expect("log position"));
+    client.create_guard(BUCKET, "new", fresh, TTL).await.expect("guard");
+    client
+        .commit_name(&commit("new", fresh, CommitCondition::None))
+        .await
+        .expect("a freshly born uid commits");
+    cluster.stop_all().await;
+}
+
+fn applied(node: &RaftNode) -> u64 {
+    node.metrics().borrow().last_applied.map_or(0, |log_id| log_id.index)
+}
+
+async fn watermark(cluster: &Cluster, via: u64) -> u64 {
+    match cluster.nodes[&via].read(Query::ReapWatermark).await.expect("read") {
+        QueryResponse::Watermark(w) => w,
+        other => panic!("unexpected {other:?}"),
+    }
 }

@@ -386,6 +386,10 @@ pub struct ClusterMap {
     pub partitions: Vec<PartitionReplicas>,
 }
 
+/// `ns.log_position`: asks for a birth stamp for new uids.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct LogPositionReq;
+
 // A retry after an unknown outcome may answer BucketExists for a bucket
 // the first attempt created: not marked idempotent.
 rpc_method!(CreateBucket, "ns.create_bucket", false, CreateBucketReq => Result<(), NsError>);
@@ -401,6 +405,10 @@ rpc_method!(DeleteName, "ns.delete_name", false, NameReq => Result<DeleteOk, NsE
 // answer followed by `Free` on retry reflects a delete in between, and the
 // caller acts on the latest answer, which is the log's truth at its position.
 rpc_method!(Reap, "ns.reap", true, ReapReq => Result<ReapOutcome, NsError>);
+// The answering node's last applied log index: committed, so a uid minted
+// after the answer may carry it as its birth (`ids::mint_uid`). Any node
+// answers; a stale answer is safe (the uid is only refused sooner).
+rpc_method!(LogPosition, "ns.log_position", true, LogPositionReq => Result<u64, NsError>);
 // Access keys and grants (operators; secrets never logged).
 rpc_method!(KeyCreate, "ns.key_create", false, KeyCreateReq => Result<NewAccessKey, NsError>);
 rpc_method!(KeyList, "ns.key_list", true, KeyListReq => Result<Vec<AccessKeyInfo>, NsError>);

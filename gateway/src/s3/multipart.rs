@@ -23,7 +23,7 @@ use super::objects::{body_len, commit_condition, precheck, receive, Received};
 use crate::backend::Backend;
 use crate::errors::ns_error;
 use crate::failpoints::WriteStep;
-use crate::write::{fresh_uid, Upload};
+use crate::write::Upload;
 
 /// S3's largest part.
 pub const PART_BYTES_MAX: u64 = 5 << 30;
@@ -220,7 +220,7 @@ pub async fn complete(
     let etag = multipart_etag(&etags)?;
     let condition = commit_condition(input.if_match, input.if_none_match)?;
     precheck(backend, &input.bucket, &input.key, &condition).await?;
-    let uid = fresh_uid();
+    let uid = backend.fresh_uid().await;
     let ttl = std::time::Duration::from_millis(backend.settings.guard_ttl_ms);
     backend
         .ns

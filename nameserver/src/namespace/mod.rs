@@ -12,7 +12,8 @@
 //!
 //! Submodules: [`codec`] (key and value encodings), [`buckets`],
 //! [`access`] (access keys and permissions), [`names`] (versions, deletes,
-//! reap, the pending-delete queue), [`multipart`], [`listing`], [`cluster`].
+//! the pending-delete queue), [`reaped`] (reap and its pruning),
+//! [`multipart`], [`listing`], [`cluster`].
 
 pub mod access;
 pub mod buckets;
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod listing;
 pub mod multipart;
 pub mod names;
+pub mod reaped;
 mod types;
 
 #[cfg(test)]
@@ -39,6 +41,7 @@ pub const TABLES: &[Table] = &[
     VERSIONS,
     UID_REFS,
     REAPED,
+    REAPED_ORDER,
     PENDING_DELETES,
     META,
     UPLOADS,
@@ -61,6 +64,8 @@ pub const VERSIONS: Table = "versions";
 pub const UID_REFS: Table = "uid_refs";
 /// uid → log index: uids the object servers were told are free.
 pub const REAPED: Table = "reaped";
+/// reap log index ++ uid → (): [`REAPED`] in reap order, for pruning.
+pub const REAPED_ORDER: Table = "reaped_order";
 /// seq → [`PendingDelete`]: uids to drop on the object servers.
 pub const PENDING_DELETES: Table = "pending_deletes";
 /// Counters.
@@ -187,7 +192,8 @@ fn dispatch<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, command: &Command, ctx: &A
             condition,
         } => names::commit(txn, bucket, key, version, condition, ctx),
         Command::DeleteName { bucket, key } => names::delete(txn, bucket, key),
-        Command::Reap { uid } => names::reap(txn, *uid, ctx),
+        Command::Reap { uid } => reaped::reap(txn, *uid, ctx),
+        Command::PruneReaped { below_index } => reaped::prune(txn, *below_index, ctx),
         Command::AckDeletes { seqs } => names::ack_deletes(txn, seqs),
         Command::CreateUpload {
             bucket,
@@ -257,5 +263,6 @@ fn answer<R: KvRead + ?Sized>(view: &R, query: &Query) -> Res<QueryResponse> {
         } => QueryResponse::Parts(multipart::list_parts(view, upload_id, *part_number_marker, *max_parts)?),
         Query::ListNodes => QueryResponse::Nodes(cluster::nodes(view)?),
         Query::PartitionMap => QueryResponse::PartitionMap(cluster::partitions(view)?),
+        Query::ReapWatermark => QueryResponse::Watermark(reaped::watermark(view)?),
     })
 }

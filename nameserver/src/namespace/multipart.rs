@@ -105,7 +105,7 @@ pub fn put_part<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, upload_id: &str, part:
         return Err(NamespaceError::InvalidPartNumber(part.part_number).into());
     }
     require_upload(txn, upload_id)?;
-    names::check_not_reaped(txn, part.uid)?;
+    super::reaped::check_not_reaped(txn, part.uid)?;
     let key = part_key(upload_id, part.part_number);
     let referrer = part_referrer(upload_id, part.part_number);
     let replaced = codec::get::<_, PartRef>(txn, PARTS, &key)?.filter(|old| old.uid != part.uid);

@@ -10,9 +10,9 @@
 //!
 //! `UID_REFS` holds one row per (uid, referrer) — a version or a multipart
 //! part — kept by every command that adds or removes a reference, so `reap`
-//! answers without scanning names. `REAPED` records reaped uids; `commit`
-//! and `put_part` refuse them at apply time, so whichever of reap and commit
-//! the log orders first wins.
+//! answers without scanning names. Reaped uids are [`super::reaped`]'s;
+//! `commit` and `put_part` refuse them at apply time, so whichever of reap
+//! and commit the log orders first wins.
 
 use std::collections::BTreeSet;
 
@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, be_tail, encode, name_key, prefix_end};
 use super::{
-    buckets, ApplyCtx, CommitCondition, NamespaceError, ObjectVersion, PendingDelete, ReapOutcome, Res, Response,
-    VersionKind, CURRENT, META, PENDING_DELETES, REAPED, UID_REFS, VERSIONS,
+    buckets, ApplyCtx, CommitCondition, NamespaceError, ObjectVersion, PendingDelete, Res, Response, VersionKind,
+    CURRENT, META, PENDING_DELETES, UID_REFS, VERSIONS,
 };
 use tessera_raft::kv::{KvRead, Txn};
 
@@ -79,14 +79,6 @@ pub fn is_referenced<R: KvRead + ?Sized>(view: &R, uid: u128) -> Res<bool> {
     let prefix = uid.to_be_bytes();
     let end = prefix_end(&prefix);
     Ok(!view.scan(UID_REFS, &prefix, end.as_deref(), 1)?.is_empty())
-}
-
-/// Refuses a uid that was reaped (its data may already be freed).
-pub fn check_not_reaped<R: KvRead + ?Sized>(view: &R, uid: u128) -> Res<()> {
-    if view.get(REAPED, &uid.to_be_bytes())?.is_some() {
-        return Err(NamespaceError::UidReaped(uid).into());
-    }
-    Ok(())
 }
 
 /// Every (uid, partition) a version holds: its own uid and its manifest's.
@@ -213,7 +205,7 @@ pub fn check_commit<R: KvRead + ?Sized>(
     validate_key(key)?;
     buckets::require(view, bucket)?;
     for (uid, _) in version_uids(version) {
-        check_not_reaped(view, uid)?;
+        super::reaped::check_not_reaped(view, uid)?;
     }
     check_condition(view, bucket, key, condition)
 }
@@ -245,15 +237,6 @@ pub fn delete<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, bucket: &str, key: &str)
     Ok(Response::Deleted {
         existed: old.version.kind == VersionKind::Object,
     })
-}
-
-/// DESIGN §4: referenced, or recorded as reaped.
-pub fn reap<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, uid: u128, ctx: &ApplyCtx) -> Res<Response> {
-    if is_referenced(txn, uid)? {
-        return Ok(Response::Reap(ReapOutcome::Referenced));
-    }
-    txn.put(REAPED, uid.to_be_bytes().to_vec(), encode(&ctx.log_index));
-    Ok(Response::Reap(ReapOutcome::Free))
 }
 
 /// Dequeues entries the object servers confirmed; unknown seqs are ignored.

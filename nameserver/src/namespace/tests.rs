@@ -12,6 +12,7 @@ mod listing_tests;
 mod model_tests;
 mod multipart_tests;
 mod name_tests;
+mod reaped_tests;
 
 pub struct Db {
     _dir: tempfile::TempDir,

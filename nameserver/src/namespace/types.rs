@@ -189,6 +189,14 @@ pub enum Command {
     AckDeletes {
         seqs: Vec<u64>,
     },
+    /// Raises the reap watermark to `below_index` (never lowers it) and
+    /// forgets up to [`names::PRUNE_BATCH_MAX`](super::names::PRUNE_BATCH_MAX)
+    /// uids reaped below it; commits of uids born below the watermark are
+    /// refused from then on (DESIGN §4). Refused if `below_index` is past
+    /// the entry's own index.
+    PruneReaped {
+        below_index: u64,
+    },
     CreateUpload {
         bucket: String,
         key: String,
@@ -241,6 +249,10 @@ pub enum Response {
         existed: bool,
     },
     Reap(ReapOutcome),
+    /// How many reaped uids a [`Command::PruneReaped`] forgot.
+    Pruned {
+        removed: u64,
+    },
 }
 
 /// Typed refusals; callers branch on these.
@@ -260,6 +272,11 @@ pub enum NamespaceError {
     InvalidKey { len_bytes: usize },
     #[error("uid {0:x} was reaped: its data may be freed")]
     UidReaped(u128),
+    /// Born below the reap watermark: it may have been reaped and forgotten.
+    #[error("uid {uid:x} was born at log index {birth}, below the reap watermark {watermark}")]
+    UidTooOld { uid: u128, birth: u64, watermark: u64 },
+    #[error("prune below index {below_index} refused at log index {log_index}")]
+    PruneAhead { below_index: u64, log_index: u64 },
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("no such upload {0}")]
@@ -424,6 +441,8 @@ pub enum Query {
     },
     ListNodes,
     PartitionMap,
+    /// The reap watermark (0 until the first prune).
+    ReapWatermark,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -443,6 +462,7 @@ pub enum QueryResponse {
     Parts(PartsPage),
     Nodes(Vec<NodeRecord>),
     PartitionMap(BTreeMap<u32, Vec<u64>>),
+    Watermark(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -67,6 +67,11 @@ impl RaftNode {
             client.clone(),
             Duration::from_millis(config.cluster.delete_handoff_interval_ms),
         ));
+        let pruner = tokio::spawn(crate::reap_pruner::run(
+            group.handle(),
+            Duration::from_millis(config.cluster.reap_prune_interval_ms),
+            Duration::from_millis(config.cluster.reap_retention_ms),
+        ));
         let server_config = RpcServerConfig {
             shutdown_grace: Duration::from_secs(1),
             ..RpcServerConfig::default()
@@ -76,6 +81,7 @@ impl RaftNode {
             Err(e) => {
                 api_task.abort();
                 deleter.abort();
+                pruner.abort();
                 group.shutdown().await;
                 client.shutdown();
                 return Err(e.context(format!("listening on {}", config.listen)));
@@ -87,7 +93,7 @@ impl RaftNode {
             server,
             client,
             advertise,
-            tasks: vec![api_task, deleter],
+            tasks: vec![api_task, deleter, pruner],
         };
         if !config.bootstrap.is_empty() {
             let members = config.bootstrap.iter().map(|m| (m.id, m.addr.to_string())).collect();
