@@ -103,7 +103,8 @@ impl<S: StateMachine> RaftGroup<S> {
             Arc::new(config),
             network,
             LogStore::<S>::new(db.clone()),
-            StateMachineStore::<S>::new(db.clone()),
+            StateMachineStore::<S>::open(db.clone(), options.data_dir.join("snapshots"))
+                .with_context(|| format!("opening the state machine of raft group {}", options.group))?,
         )
         .await
         .with_context(|| format!("starting raft group {}", options.group))?;

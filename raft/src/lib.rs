@@ -10,7 +10,8 @@
 //!
 //! - [`machine`]: the [`StateMachine`] trait and openraft's type config.
 //! - [`store`], [`codec`]: the RocksDB of a group, postcard encodings.
-//! - [`log_store`], [`state_machine`]: openraft's log and state-machine storage.
+//! - [`log_store`], [`state_machine`]: openraft's log and state-machine storage;
+//!   [`snapshot_store`], [`snapshot_file`]: snapshots as checksummed files.
 //! - [`network`], [`service`]: Raft and client RPCs over `tessera_common::rpc`.
 //! - `batcher`: group commit, concurrent proposals as one log entry.
 //! - [`registry`], [`group`]: the groups of a process and the handle of one.
@@ -32,6 +33,8 @@ pub mod machine;
 pub mod network;
 pub mod registry;
 pub mod service;
+pub mod snapshot_file;
+pub mod snapshot_store;
 pub mod state_machine;
 pub mod store;
 pub mod testing;

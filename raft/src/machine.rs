@@ -6,7 +6,6 @@
 use std::cmp::Ordering;
 use std::fmt::{self, Debug};
 use std::hash::{Hash, Hasher};
-use std::io::Cursor;
 use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
@@ -149,7 +148,7 @@ impl<S: StateMachine> openraft::RaftTypeConfig for TypeConfig<S> {
     type NodeId = RaftNodeId;
     type Node = Member;
     type Entry = openraft::Entry<TypeConfig<S>>;
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = tokio::fs::File;
     type AsyncRuntime = openraft::TokioRuntime;
     type Responder = openraft::impls::OneshotResponder<TypeConfig<S>>;
 }

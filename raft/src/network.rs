@@ -13,27 +13,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
-    Timeout, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
-use openraft::{AnyError, OptionalSend, RPCTypes, Snapshot};
+use openraft::{AnyError, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tessera_common::rpc::{self, CallOptions, Method, RpcClient, RpcError};
-use tessera_common::wire::BULK_BYTES_MAX;
 
 use crate::codec::decode;
 use crate::machine::metric;
 use crate::service::{
-    encoded, envelope, opened, GroupCall, RaftAppend, RaftBlob, RaftSnapshot, RaftVote, RemoteResult, SnapshotHeader,
+    encoded, envelope, opened, GroupCall, RaftAppend, RaftBlob, RaftSnapshotChunk, RaftVote, RemoteResult,
 };
-use crate::{GroupId, Member, RaftNodeId, StateMachine, TypeConfig, Vote};
+use crate::{GroupId, Member, RaftNodeId, StateMachine, TypeConfig};
 
 /// Creates one [`PeerNetwork`] per replication target of a group.
 pub struct NetworkFactory<S> {
@@ -203,56 +199,27 @@ impl<S: StateMachine> RaftNetwork<TypeConfig<S>> for PeerNetwork<S> {
         result.map_err(|f| self.rpc_error(RPCTypes::Vote, f))
     }
 
-    /// Never called: [`Self::full_snapshot`] sends a snapshot whole in one
-    /// call, so openraft's chunked transport is not used.
+    /// One chunk of a snapshot (openraft's default `full_snapshot` reads
+    /// the snapshot file and sends it chunk by chunk,
+    /// `snapshot_max_chunk_size` bytes each; the peer writes them into its
+    /// receiving file and installs the whole once the last one arrives).
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig<S>>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig<S>>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<RaftNodeId>,
         RPCError<RaftNodeId, Member, RaftError<RaftNodeId, InstallSnapshotError>>,
     > {
-        Err(RPCError::Network(NetworkError::new(&any(
-            "chunked snapshot transfer is not supported; snapshots are sent whole (raft.snapshot)",
-        ))))
-    }
-
-    #[tracing::instrument(level = "info", skip_all, fields(group = self.group.0, target = self.target, meta = %snapshot.meta))]
-    async fn full_snapshot(
-        &mut self,
-        vote: Vote,
-        snapshot: Snapshot<TypeConfig<S>>,
-        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        option: RPCOption,
-    ) -> Result<SnapshotResponse<RaftNodeId>, StreamingError<TypeConfig<S>, Fatal<RaftNodeId>>> {
-        let data = snapshot.snapshot.into_inner();
-        if data.len() as u64 > BULK_BYTES_MAX {
-            let msg = format!("snapshot of {} bytes exceeds one call's bulk limit", data.len());
-            return Err(StreamingError::Network(NetworkError::new(&any(msg))));
-        }
-        let header = SnapshotHeader {
-            vote,
-            meta: snapshot.meta,
-        };
-        let ttl = option.hard_ttl();
-        let send = self.call::<RaftSnapshot, _, SnapshotResponse<RaftNodeId>, Fatal<RaftNodeId>>(
-            &header,
-            Bytes::from(data),
-            ttl,
-        );
-        let result = tokio::select! {
-            result = send => result,
-            closed = cancel => return Err(StreamingError::Closed(closed)),
-        };
-        record::<S>(RaftSnapshot::NAME, result.is_ok());
-        result.map_err(|failure| match self.rpc_error(RPCTypes::InstallSnapshot, failure) {
-            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-            RPCError::Network(n) => StreamingError::Network(n),
-            RPCError::Timeout(t) => StreamingError::Timeout(t),
-            RPCError::RemoteError(r) => StreamingError::RemoteError(r),
-            RPCError::PayloadTooLarge(p) => StreamingError::Network(NetworkError::new(&p)),
-        })
+        let result = self
+            .call::<RaftSnapshotChunk, _, _, RaftError<RaftNodeId, InstallSnapshotError>>(
+                &rpc,
+                Bytes::new(),
+                option.hard_ttl(),
+            )
+            .await;
+        record::<S>(RaftSnapshotChunk::NAME, result.is_ok());
+        result.map_err(|f| self.rpc_error(RPCTypes::InstallSnapshot, f))
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

@@ -2,9 +2,9 @@
 //! by every group it hosts: each request is a [`GroupCall`] naming its
 //! [`GroupId`], dispatched through the process's [`Registry`]. Bodies are
 //! postcard bytes (the openraft messages are serde types) in an rkyv
-//! envelope; a snapshot's data travels as the raw bulk payload of one call.
+//! envelope (large ones as the call's bulk payload).
 //!
-//! - `raft.append`, `raft.vote`, `raft.snapshot`: replication. A call for a
+//! - `raft.append`, `raft.vote`, `raft.snapshot_chunk`: replication. A call for a
 //!   group this process does not host answers [`RemoteResult::UnknownGroup`]
 //!   (the sender's openraft sees the peer unreachable and backs off).
 //! - `raft.propose`, `raft.read`: client calls, served by the receiving node
@@ -13,7 +13,6 @@
 //!   [`crate::GroupHandle::propose`] / `read` forward here, so a call is
 //!   forwarded at most once.
 
-use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ use tessera_common::rpc::{self, CallOptions, Method, RequestCtx, Router, RpcClie
 
 use crate::codec::{decode, encode};
 use crate::machine::metric;
-use crate::{GroupHandle, GroupId, ProposeError, Registry, SnapshotMeta, StateMachine, TypeConfig, Vote};
+use crate::{GroupHandle, GroupId, ProposeError, Registry, StateMachine};
 
 /// A request to one group: postcard bytes in an rkyv envelope, or empty
 /// bytes when they travel as the call's bulk payload.
@@ -50,13 +49,6 @@ pub enum RemoteResult<T, E> {
     UnknownGroup(GroupId),
 }
 
-/// Vote and meta of a snapshot sent with `raft.snapshot` (data in bulk).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SnapshotHeader {
-    pub vote: Vote,
-    pub meta: SnapshotMeta,
-}
-
 macro_rules! raft_method {
     ($ty:ident, $name:literal, $idem:literal, $doc:literal) => {
         #[doc = $doc]
@@ -79,10 +71,10 @@ raft_method!(
 );
 raft_method!(RaftVote, "raft.vote", false, "`raft.vote`: openraft's Vote.");
 raft_method!(
-    RaftSnapshot,
-    "raft.snapshot",
+    RaftSnapshotChunk,
+    "raft.snapshot_chunk",
     false,
-    "`raft.snapshot`: a whole snapshot, data in bulk."
+    "`raft.snapshot_chunk`: openraft's InstallSnapshot, one chunk of a snapshot."
 );
 raft_method!(
     Propose,
@@ -231,16 +223,12 @@ pub fn routes<S: StateMachine>(router: Router, registry: Arc<Registry<S>>) -> Ro
                 serve(&registry, &call, bytes, |g, r| async move { g.raft().vote(r).await }).await
             }
         })
-        .add::<RaftSnapshot, _, _>(move |_ctx: RequestCtx, call, bulk| {
+        .add::<RaftSnapshotChunk, _, _>(move |_ctx: RequestCtx, call, bulk| {
             let registry = r_snapshot.clone();
-            // The header travels inline, the snapshot data as bulk.
             async move {
-                serve(&registry, &call, &call.bytes, |g, header: SnapshotHeader| async move {
-                    let snapshot = openraft::Snapshot::<TypeConfig<S>> {
-                        meta: header.meta,
-                        snapshot: Box::new(Cursor::new(bulk.to_vec())),
-                    };
-                    g.raft().install_full_snapshot(header.vote, snapshot).await
+                let bytes = opened(&call.bytes, &bulk);
+                serve(&registry, &call, bytes, |g, r| async move {
+                    g.raft().install_snapshot(r).await
                 })
                 .await
             }

@@ -11,53 +11,34 @@
 //! (append, vote, purge) also syncs the shared WAL, so nothing the log
 //! purges can be lost. Snapshot installs are synced.
 //!
-//! Snapshots: a consistent RocksDB snapshot of the `TABLES` and the
-//! state-machine meta, encoded with postcard ([`SnapshotData`]). The current
-//! snapshot (meta + data) is kept in its own column family, written in the
-//! same batch as an install, so it survives restarts.
+//! Snapshots are files, built, received and installed by
+//! [`SnapshotStore`] without holding them in memory; openraft reads and
+//! writes them as `tokio::fs::File`s.
 
-use std::io::Cursor;
 use std::marker::PhantomData;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
-use rocksdb::{IteratorMode, WriteBatch, DB};
-use serde::{Deserialize, Serialize};
+use rocksdb::{WriteBatch, DB};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::codec::{decode, encode};
 use crate::kv::Txn;
 use crate::machine::{metric, EntryResponses};
-use crate::store::{
-    blocking, cf, synced, CF_SM_META, CF_SNAPSHOT, KEY_CURRENT_SNAPSHOT, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
-};
+use crate::snapshot_store::{SnapshotRecord, SnapshotStore};
+use crate::store::{blocking, cf, CF_SM_META, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
 use crate::{ApplyCtx, Entry, LogId, SnapshotMeta, StateMachine, StorageError, StoredMembership, TypeConfig};
-
-/// Contents of a snapshot: every table of the state machine, in key order.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct SnapshotData {
-    pub tables: Vec<TableDump>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TableDump {
-    pub name: String,
-    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// The current snapshot as kept on disk.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
-}
 
 /// State machine `S` over a group's RocksDB. Cheap to clone; also its own
 /// snapshot builder.
 pub struct StateMachineStore<S> {
     db: Arc<DB>,
+    snapshots: Arc<SnapshotStore>,
     /// Distinguishes snapshots built at the same log id.
     builds: Arc<AtomicU64>,
     _machine: PhantomData<fn() -> S>,
@@ -67,6 +48,7 @@ impl<S> Clone for StateMachineStore<S> {
     fn clone(&self) -> Self {
         StateMachineStore {
             db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
             builds: self.builds.clone(),
             _machine: PhantomData,
         }
@@ -74,12 +56,42 @@ impl<S> Clone for StateMachineStore<S> {
 }
 
 impl<S: StateMachine> StateMachineStore<S> {
-    pub fn new(db: Arc<DB>) -> Self {
-        StateMachineStore {
+    /// The state machine in `db`, its snapshots in `snapshot_dir`. Finishes
+    /// an interrupted snapshot install first (see [`SnapshotStore::open`]).
+    pub fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
+        let snapshots = SnapshotStore::open::<S>(&db, snapshot_dir)?;
+        Ok(StateMachineStore {
             db,
+            snapshots: Arc::new(snapshots),
             builds: Arc::new(AtomicU64::new(0)),
             _machine: PhantomData,
+        })
+    }
+
+    fn snapshot((record, file): (SnapshotRecord, std::fs::File)) -> Snapshot<TypeConfig<S>> {
+        Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }
+    }
+
+    /// The file holding `data`, flushed and fsynced: the receiving file
+    /// itself, or (data from elsewhere) a copy in the snapshot directory.
+    async fn persist(&self, meta: &SnapshotMeta, mut data: Box<tokio::fs::File>) -> Result<PathBuf, StorageError> {
+        let io = |e: std::io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
+        data.flush().await.map_err(io)?;
+        data.sync_all().await.map_err(io)?;
+        let ino = data.metadata().await.map_err(io)?.ino();
+        if let Some(path) = self.snapshots.take_receiving(ino) {
+            return Ok(path);
+        }
+        let path = self.snapshots.begin_receiving()?;
+        let mut copy = tokio::fs::File::create(&path).await.map_err(io)?;
+        data.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+        tokio::io::copy(&mut *data, &mut copy).await.map_err(io)?;
+        copy.sync_all().await.map_err(io)?;
+        let _ = self.snapshots.take_receiving(copy.metadata().await.map_err(io)?.ino());
+        Ok(path)
     }
 }
 
@@ -155,130 +167,14 @@ fn apply_batch<S: StateMachine>(db: &DB, entries: &[Entry<S>]) -> Result<Vec<Ent
     Ok(responses)
 }
 
-/// Reads a consistent image of the tables and the meta they correspond to.
-fn dump<S: StateMachine>(db: &DB) -> Result<(Option<LogId>, StoredMembership, SnapshotData), StorageError> {
-    let snap = db.snapshot();
-    let meta = cf(db, CF_SM_META)?;
-    let last_applied = sm_get(|k| snap.get_cf(meta, k), KEY_LAST_APPLIED)?;
-    let membership = sm_get(|k| snap.get_cf(meta, k), KEY_MEMBERSHIP)?.unwrap_or_default();
-    let mut data = SnapshotData::default();
-    for table in S::TABLES {
-        let mut pairs = Vec::new();
-        for item in snap.iterator_cf(cf(db, table)?, IteratorMode::Start) {
-            let (key, value) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
-            pairs.push((key.to_vec(), value.to_vec()));
-        }
-        data.tables.push(TableDump {
-            name: table.to_string(),
-            pairs,
-        });
-    }
-    Ok((last_applied, membership, data))
-}
-
-fn snapshot_error(meta: Option<&SnapshotMeta>, source: impl Into<AnyError>) -> StorageError {
-    StorageIOError::write_snapshot(meta.map(|m| m.signature()), source).into()
-}
-
-fn build<S: StateMachine>(db: &DB, build_no: u64) -> Result<Snapshot<TypeConfig<S>>, StorageError> {
-    let (last_applied, last_membership, data) = dump::<S>(db)?;
-    let snapshot_id = match last_applied {
-        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, build_no),
-        None => format!("empty-{build_no}"),
-    };
-    let meta = SnapshotMeta {
-        last_log_id: last_applied,
-        last_membership,
-        snapshot_id,
-    };
-    let bytes = encode("snapshot data", &data).map_err(|e| snapshot_error(Some(&meta), &e))?;
-    let stored = StoredSnapshot { meta, data: bytes };
-    let value = encode("snapshot", &stored).map_err(|e| snapshot_error(Some(&stored.meta), &e))?;
-    db.put_cf_opt(cf(db, CF_SNAPSHOT)?, KEY_CURRENT_SNAPSHOT, value, &synced())
-        .map_err(|e| snapshot_error(Some(&stored.meta), &e))?;
-    Ok(Snapshot {
-        meta: stored.meta,
-        snapshot: Box::new(Cursor::new(stored.data)),
-    })
-}
-
-/// Deletes every key of `table` in `batch` (one range delete).
-fn clear_table(db: &DB, batch: &mut WriteBatch, table: &'static str) -> Result<(), StorageError> {
-    let handle = cf(db, table)?;
-    let last = db.iterator_cf(handle, IteratorMode::End).next();
-    if let Some(item) = last {
-        let (last_key, _) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let mut end = last_key.to_vec();
-        end.push(0); // the smallest key after `last_key`
-        batch.delete_range_cf(handle, Vec::new(), end);
-    }
-    Ok(())
-}
-
-/// Replaces the state machine with `bytes` and makes it the current
-/// snapshot, in one synced batch.
-fn install<S: StateMachine>(db: &DB, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), StorageError> {
-    let data: SnapshotData = decode("snapshot data", &bytes).map_err(|e| snapshot_error(Some(meta), &e))?;
-    if let Some(unknown) = data.tables.iter().find(|t| !S::TABLES.contains(&t.name.as_str())) {
-        let msg = format!("snapshot has unknown table {:?} (newer version?)", unknown.name);
-        return Err(snapshot_error(Some(meta), AnyError::error(msg)));
-    }
-    let mut batch = WriteBatch::default();
-    for table in S::TABLES {
-        clear_table(db, &mut batch, table)?;
-    }
-    for dump in &data.tables {
-        if let Some(table) = S::TABLES.iter().find(|t| **t == dump.name) {
-            let handle = cf(db, table)?;
-            for (key, value) in &dump.pairs {
-                batch.put_cf(handle, key, value);
-            }
-        }
-    }
-    let sm_meta = cf(db, CF_SM_META)?;
-    let enc = |what, e| snapshot_error(Some(meta), AnyError::error(format!("{what}: {e}")));
-    match meta.last_log_id {
-        Some(id) => batch.put_cf(
-            sm_meta,
-            KEY_LAST_APPLIED,
-            encode("last applied", &id).map_err(|e| enc("meta", e))?,
-        ),
-        None => batch.delete_cf(sm_meta, KEY_LAST_APPLIED),
-    }
-    let membership = encode("membership", &meta.last_membership).map_err(|e| enc("membership", e))?;
-    batch.put_cf(sm_meta, KEY_MEMBERSHIP, membership);
-    let stored = encode(
-        "snapshot",
-        &StoredSnapshot {
-            meta: meta.clone(),
-            data: bytes,
-        },
-    )
-    .map_err(|e| enc("snapshot", e))?;
-    batch.put_cf(cf(db, CF_SNAPSHOT)?, KEY_CURRENT_SNAPSHOT, stored);
-    db.write_opt(batch, &synced())
-        .map_err(|e| snapshot_error(Some(meta), &e))
-}
-
-fn current_snapshot<S: StateMachine>(db: &DB) -> Result<Option<Snapshot<TypeConfig<S>>>, StorageError> {
-    let value = db
-        .get_cf(cf(db, CF_SNAPSHOT)?, KEY_CURRENT_SNAPSHOT)
-        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-    let Some(value) = value else { return Ok(None) };
-    let stored: StoredSnapshot = decode("snapshot", &value).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-    Ok(Some(Snapshot {
-        meta: stored.meta,
-        snapshot: Box::new(Cursor::new(stored.data)),
-    }))
-}
-
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for StateMachineStore<S> {
     #[tracing::instrument(level = "info", skip_all)]
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig<S>>, StorageError> {
         let db = self.db.clone();
         let build_no = self.builds.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let snapshot = blocking(move || build::<S>(&db, build_no)).await?;
+        let snapshots = self.snapshots.clone();
+        let snapshot = Self::snapshot(blocking(move || snapshots.build::<S>(&db, build_no)).await?);
         metrics::counter!(metric::<S>("raft_snapshots_built_total")).increment(1);
         metrics::histogram!(metric::<S>("raft_snapshot_build_seconds")).record(started.elapsed().as_secs_f64());
         tracing::info!(meta = %snapshot.meta, "snapshot built");
@@ -317,28 +213,36 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshots.begin_receiving()?;
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
     }
 
     #[tracing::instrument(level = "info", skip_all, fields(meta = %meta))]
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        let owned_meta = meta.clone();
-        let bytes = snapshot.into_inner();
-        blocking(move || install::<S>(&db, &owned_meta, bytes)).await?;
+        let received = self.persist(meta, snapshot).await?;
+        let (db, snapshots, owned_meta) = (self.db.clone(), self.snapshots.clone(), meta.clone());
+        blocking(move || snapshots.install::<S>(&db, &owned_meta, &received)).await?;
         metrics::counter!(metric::<S>("raft_snapshots_installed_total")).increment(1);
         tracing::info!("snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig<S>>>, StorageError> {
-        let db = self.db.clone();
-        blocking(move || current_snapshot::<S>(&db)).await
+        let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
+        Ok(blocking(move || snapshots.open_current(&db)).await?.map(Self::snapshot))
     }
 }
 
@@ -358,7 +262,14 @@ mod tests {
     }
 
     fn store(dir: &std::path::Path) -> StateMachineStore<Counter> {
-        StateMachineStore::new(crate::store::open(dir, Counter::TABLES).expect("open"))
+        let db = crate::store::open(dir, Counter::TABLES).expect("open");
+        StateMachineStore::open(db, dir.join("snapshots")).expect("open state machine")
+    }
+
+    async fn received(sm: &mut StateMachineStore<Counter>, bytes: &[u8]) -> Box<tokio::fs::File> {
+        let mut file = sm.begin_receiving_snapshot().await.expect("begin");
+        file.write_all(bytes).await.expect("write");
+        file
     }
 
     #[tokio::test]
@@ -415,7 +326,101 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sm = store(dir.path());
         let meta = SnapshotMeta::default();
-        let result = sm.install_snapshot(&meta, Box::new(Cursor::new(vec![0xff; 9]))).await;
+        let data = received(&mut sm, &[0xff; 9]).await;
+        let result = sm.install_snapshot(&meta, data).await;
         assert!(result.is_err());
+        assert!(sm.get_current_snapshot().await.expect("current").is_none());
+    }
+
+    fn files(sm: &StateMachineStore<Counter>) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(sm.snapshots.dir())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A snapshot travels as openraft sends it: read from the leader's
+    /// file in chunks, written into the follower's receiving file.
+    #[tokio::test]
+    async fn a_received_snapshot_is_installed_from_its_own_file_and_old_files_go() {
+        use tokio::io::AsyncReadExt;
+        let (a_dir, b_dir) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let (mut a, mut b) = (store(a_dir.path()), store(b_dir.path()));
+        a.apply((1..=50).map(|i| add_entry(i, &format!("k{i}"), 1)).collect::<Vec<_>>())
+            .await
+            .expect("apply");
+        let first = a.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        a.apply(vec![add_entry(51, "k1", 1)]).await.expect("apply");
+        let mut second = a.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        assert_eq!(
+            files(&a).len(),
+            1,
+            "the replaced snapshot file is removed: {:?}",
+            files(&a)
+        );
+        drop(first);
+
+        let mut target = b.begin_receiving_snapshot().await.expect("begin");
+        let mut chunk = vec![0u8; 100];
+        loop {
+            let n = second.snapshot.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            target.write_all(&chunk[..n]).await.expect("write");
+        }
+        b.install_snapshot(&second.meta, target).await.expect("install");
+        assert_eq!(
+            files(&b).len(),
+            1,
+            "the received file became the snapshot: {:?}",
+            files(&b)
+        );
+        assert_eq!(b.applied_state().await.expect("state").0.map(|l| l.index), Some(51));
+        assert_eq!(
+            KvRead::get(&*b.db, COUNTERS, b"k1").expect("get"),
+            KvRead::get(&*a.db, COUNTERS, b"k1").expect("get")
+        );
+        let current = b.get_current_snapshot().await.expect("current").expect("some");
+        assert_eq!(current.meta.snapshot_id, second.meta.snapshot_id);
+    }
+
+    /// A crash after the install was recorded but before it finished: the
+    /// next open loads the snapshot again, whatever the tables held.
+    #[tokio::test]
+    async fn an_interrupted_install_is_finished_at_the_next_open() {
+        let (a_dir, b_dir) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let mut a = store(a_dir.path());
+        a.apply(vec![add_entry(1, "x", 3), add_entry(2, "y", 4)])
+            .await
+            .expect("apply");
+        let built = a.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        let record = a.snapshots.current(&a.db).expect("current").expect("some");
+        {
+            let b = store(b_dir.path());
+            // The state a crash mid-load leaves: the record written, the
+            // tables half replaced.
+            let file = b_dir.path().join("snapshots").join(&record.file);
+            std::fs::copy(a.snapshots.path(&record), &file).expect("copy");
+            let value = encode("snapshot record", &record).expect("encode");
+            let handle = cf(&b.db, crate::store::CF_SNAPSHOT).expect("cf");
+            b.db.put_cf(handle, b"installing", &value).expect("put");
+            b.db.put_cf(handle, b"current_file", &value).expect("put");
+            b.db.put_cf(cf(&b.db, COUNTERS).expect("cf"), b"junk", b"1")
+                .expect("put");
+        }
+        let mut b = store(b_dir.path());
+        assert!(KvRead::get(&*b.db, COUNTERS, b"junk").expect("get").is_none());
+        assert!(KvRead::get(&*b.db, COUNTERS, b"y").expect("get").is_some());
+        assert_eq!(b.applied_state().await.expect("state").0, built.meta.last_log_id);
+        assert!(b.snapshots.record(&b.db, b"installing").expect("read").is_none());
     }
 }

@@ -83,7 +83,19 @@ impl Cluster {
             shutdown_grace: Duration::from_millis(200),
             ..RpcServerConfig::default()
         };
-        let server = RpcServer::bind(listen, identity, router, config).await.expect("bind");
+        // A restart can briefly find the port still held by the endpoint
+        // just shut down (a lingering QUIC connection): retry a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let server = loop {
+            match RpcServer::bind(listen, identity.clone(), router.clone(), config.clone()).await {
+                Ok(server) => break server,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("binding process {id} on {listen} failed, retrying: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("binding process {id} on {listen}: {e:#}"),
+            }
+        };
         self.addrs.insert(id, server.local_addr());
         let process = Process {
             server,

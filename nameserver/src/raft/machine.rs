@@ -54,7 +54,8 @@ mod tests {
     async fn namespace_entries_apply_through_the_raft_store() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = tessera_raft::store::open(dir.path(), Namespace::TABLES).expect("open");
-        let mut sm = StateMachineStore::<Namespace>::new(db.clone());
+        let mut sm =
+            StateMachineStore::<Namespace>::open(db.clone(), dir.path().join("snapshots")).expect("state machine");
         let entries = vec![bucket_entry(1, "alpha"), bucket_entry(2, "alpha")];
         let responses = sm.apply(entries).await.expect("apply");
         assert_eq!(responses[0], vec![Response::Ok]);
