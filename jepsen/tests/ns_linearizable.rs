@@ -1,12 +1,18 @@
 //! Linearizability of the name servers' client API under leader kills
-//! (issue 3, Tests): 3 name servers (`RaftNode`) in one process on loopback
-//! (QUIC + mTLS), several clients running random reads, writes
-//! (guard + commit), create-only writes (guard + commit If-None-Match) and
-//! deletes on a few keys while a nemesis repeatedly shuts the leader down
-//! and restarts it from its data directory. Every operation is recorded
-//! (invocation before sending, completion right after the answer) and the
-//! history is checked with the WGL checker of this crate against the
-//! [`Register`] model.
+//! (issue 3, Tests): 3 name servers, each a separate `tessera nameserver`
+//! process (the debug binary next to this test's `deps/` directory) on
+//! fixed loopback ports (QUIC + mTLS) with its own data directory, several
+//! clients running random reads, writes (guard + commit), create-only
+//! writes (guard + commit If-None-Match) and deletes on a few keys while a
+//! nemesis repeatedly kills the leader's process with SIGKILL and restarts
+//! it on the same port and data directory. Leaders are found by asking
+//! every running node `ns.admin_members` directly. Every operation is
+//! recorded (invocation before sending, completion right after the answer)
+//! and the history is checked with the WGL checker of this crate against
+//! the [`Register`] model. The processes are killed when the cluster is
+//! dropped (a failing test leaves none behind); their output goes to log
+//! files in the temp directory, whose tails startup and election failures
+//! quote.
 //!
 //! Outcome mapping: success is `ok` (a read's value is the uid it saw, or
 //! `null`); a definite refusal (no guard, expired guard, not leader, no
@@ -25,31 +31,35 @@
 //! writes/creates/deletes and [`MIN_LEADER_CHANGES`] leader changes; the
 //! history is written to a JSON Lines file in the temp directory, whose path
 //! every failure message names (removed on success). A typical run on 2
-//! cores: ~13 s of workload, ~2,000 ok operations, 3 leader changes, a
-//! check of ~15 ms; the whole file takes 14 to 20 s. The [`Recorder`]
-//! serializes recording (its own mutex), so the history's order is the real
-//! order of invocations and completions.
+//! cores: ~23 s of workload, 900 to 2,000 ok operations, 3 leader changes
+//! (elections ~3 s or ~6 s after a kill), a check of ~10 ms; the whole
+//! file takes 24 to 27 s. The [`Recorder`] serializes recording (its own
+//! mutex), so the history's order is the real order of invocations and
+//! completions.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{json, Value};
-use tessera_common::ns_api::{CommitCondition, CommitNameReq, CommitOk, DeleteOk, NsError, ObjectInfo, StoragePolicy};
+use tessera_common::ns_api::{
+    AdminMembers, CommitCondition, CommitNameReq, CommitOk, DeleteOk, MembersReq, NsError, ObjectInfo, StoragePolicy,
+};
 use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
 use tessera_common::pki::{init_cluster, NodeIdentity};
-use tessera_common::rpc::{RpcClient, RpcClientConfig, RpcError};
+use tessera_common::rpc::{self, CallOptions, RpcClient, RpcClientConfig, RpcError};
 use tessera_jepsen::checker::KeyOutcome;
 use tessera_jepsen::history::PRECONDITION_FAILED;
 use tessera_jepsen::{
     check_events, pair, write_jsonl, CheckOptions, CheckResult, Event, EventType, Func, Outcome, Recorder, Register,
     Report,
 };
-use tessera_nameserver::config::{ClusterSettings, NameServerConfig, RaftTuning};
-use tessera_nameserver::raft::RaftNode;
+use tessera_nameserver::config::NameServerConfig;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -60,32 +70,46 @@ const CLIENTS: u64 = 5;
 const WORKLOAD: Duration = Duration::from_secs(13);
 /// The clients keep running this long after the nemesis is done.
 const TAIL: Duration = Duration::from_secs(1);
-/// No leader kill starts after this point of the workload.
-const LAST_KILL: Duration = Duration::from_secs(17);
+/// No leader kill starts after this point of the workload. A kill-elect-
+/// restart-catch-up cycle takes ~6.5 s (see [`CAUGHT_UP_LAG`]): room for
+/// 3 kills, or a fourth attempt after an election that took too long.
+const LAST_KILL: Duration = Duration::from_secs(20);
 const FIRST_KILL: Duration = Duration::from_secs(2);
 const KILL_EVERY: Duration = Duration::from_secs(3);
 /// Clients run against a stable leader at least this long between kills.
 const STABLE_FOR: Duration = Duration::from_millis(500);
 const DOWN_FOR: Duration = Duration::from_millis(1_500);
 const TARGET_CHANGES: usize = 3;
-/// How long the survivors of a kill get to elect a new leader.
-const ELECTION_WAIT: Duration = Duration::from_secs(10);
+/// How long the survivors of a kill get to elect a new leader: ~3 s when
+/// the first candidate holds the longest log (leader lease 1.6 s plus an
+/// election timeout), ~6 s when it is refused and another one must time
+/// out.
+const ELECTION_WAIT: Duration = Duration::from_secs(12);
+/// Budget of a process start (until it answers) and of an agreement.
 const WAIT: Duration = Duration::from_secs(15);
 const GUARD_TTL: Duration = Duration::from_secs(10);
 const MIN_OK_OPS: usize = 50;
 const MIN_OK_WRITES: usize = 20;
 const MIN_LEADER_CHANGES: usize = 2;
 
-fn tuning() -> RaftTuning {
-    RaftTuning {
-        heartbeat_interval_ms: 100,
-        election_timeout_min_ms: 800,
-        election_timeout_max_ms: 1_600,
-        propose_timeout_ms: 3_000,
-        read_timeout_ms: 3_000,
-        ..RaftTuning::default()
-    }
-}
+/// The name servers' `[raft]` timing: fast elections, bounded client waits.
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_MIN_MS: u64 = 800;
+const ELECTION_MAX_MS: u64 = 1_600;
+/// `propose_timeout_ms` and `read_timeout_ms`.
+const CLIENT_WAIT_MS: u64 = 3_000;
+/// Budget of one `ns.admin_members` call asked of one node.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Before a kill every running node is at most this many entries behind
+/// the leader. Its peers reach a restarted node only once their QUIC
+/// connections to the killed process timed out (`QuicTuning::idle_timeout`,
+/// 6 s after the kill; a SIGKILLed process closes nothing), meanwhile it
+/// lags and calls elections of its own; killing the leader then leaves a
+/// single survivor able to win (measured: elections of up to 10 s, with
+/// extra terms).
+const CAUGHT_UP_LAG: u64 = 32;
+/// Lines of each node's log quoted by a failure message.
+const LOG_TAIL: usize = 25;
 
 fn check_options() -> CheckOptions {
     CheckOptions {
@@ -258,137 +282,346 @@ async fn run_op(client: &NameServerClient<RpcClient>, history: &History, process
 // ---------------------------------------------------------------------------
 // The cluster.
 
+/// How one running node answered `ns.admin_members`.
+enum View {
+    /// It leads: the leader and term it reports, and how far behind its
+    /// last log entry each voter is known to be (`None`: not reached yet).
+    Leads {
+        leader: Option<u64>,
+        term: u64,
+        lag: BTreeMap<u64, Option<u64>>,
+    },
+    /// A follower: the leader address it names, if any.
+    Follows(Option<String>),
+    /// Another refusal.
+    Refused(String),
+    /// No answer (not serving yet, or the call failed).
+    Unreachable(String),
+}
+
+impl std::fmt::Display for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            View::Leads { leader, term, lag } => {
+                write!(f, "leads: leader {leader:?} term {term}, voters behind {lag:?}")
+            }
+            View::Follows(leader) => write!(f, "follows {leader:?}"),
+            View::Refused(e) => write!(f, "refused: {e}"),
+            View::Unreachable(e) => write!(f, "unreachable: {e}"),
+        }
+    }
+}
+
+/// A client for [`ask`], with the workload's identity.
+fn probe_client(certs: &Path) -> RpcClient {
+    let identity = NodeIdentity::load(certs, "client").expect("client identity");
+    let config = RpcClientConfig {
+        connect_timeout: PROBE_TIMEOUT,
+        ..RpcClientConfig::default()
+    };
+    RpcClient::new(identity, config).expect("probe client")
+}
+
+/// Asks the node at `addr` itself (no redirection, no retry) for the
+/// members.
+async fn ask(probe: &RpcClient, addr: SocketAddr) -> View {
+    let opts = CallOptions {
+        timeout: PROBE_TIMEOUT,
+        retries: 0,
+        ..CallOptions::default()
+    };
+    match rpc::call::<AdminMembers, RpcClient>(probe, addr, &MembersReq, Bytes::new(), &opts).await {
+        Ok((Ok(info), _)) => {
+            let last = info.last_log.unwrap_or(0);
+            View::Leads {
+                leader: info.leader,
+                term: info.term,
+                lag: info
+                    .voters
+                    .iter()
+                    .map(|m| (m.id, m.matched.map(|i| last.saturating_sub(i))))
+                    .collect(),
+            }
+        }
+        Ok((Err(NsError::NotLeader { leader_addr }), _)) => View::Follows(leader_addr),
+        Ok((Err(e), _)) => View::Refused(e.to_string()),
+        Err(e) => View::Unreachable(e.to_string()),
+    }
+}
+
+/// `<target>/debug/tessera`: the test executable is
+/// `<target>/debug/deps/ns_linearizable-<hash>`.
+fn tessera_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("locating the test executable");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|debug| debug.join("tessera"))
+        .unwrap_or_else(|| panic!("no target directory above {}", exe.display()));
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it first with `cargo build -p tessera-cli --bin tessera` \
+         (`cargo test --workspace` builds it)",
+        binary.display()
+    );
+    binary
+}
+
+/// The last `lines` lines of `path`.
+fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("({}: {e})", path.display()),
+    }
+}
+
+/// 3 `tessera nameserver` processes on fixed loopback ports; every child
+/// is killed (SIGKILL) when the cluster is dropped.
 struct Cluster {
     dir: tempfile::TempDir,
     certs: PathBuf,
-    nodes: BTreeMap<u64, RaftNode>,
+    binary: PathBuf,
     addrs: BTreeMap<u64, SocketAddr>,
+    /// The running processes.
+    children: BTreeMap<u64, Child>,
+    /// Asks one node at a time; replaced on every start so that no cached
+    /// connection to a killed process is reused.
+    probe: RpcClient,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Cluster {
     async fn three() -> Cluster {
+        let binary = tessera_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
         init_cluster(&certs, &["ns1", "ns2", "ns3", "client"].map(String::from)).expect("certs");
+        let mut addrs = BTreeMap::new();
+        while addrs.len() < 3 {
+            let addr = tessera_common::testing::stable_loopback_addr();
+            if !addrs.values().any(|a| *a == addr) {
+                addrs.insert(addrs.len() as u64 + 1, addr);
+            }
+        }
+        let probe = probe_client(&certs);
         let mut cluster = Cluster {
             dir,
             certs,
-            nodes: BTreeMap::new(),
-            addrs: BTreeMap::new(),
+            binary,
+            addrs,
+            children: BTreeMap::new(),
+            probe,
         };
+        for id in 1..=3 {
+            cluster.write_config(id);
+        }
         for id in 1..=3 {
             cluster.start(id).await;
         }
-        let members = cluster.addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
-        cluster.nodes[&1].bootstrap(members).await.expect("bootstrap");
         cluster
     }
 
-    /// Starts (or restarts, on its old port and data dir) node `id`.
+    fn config_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("ns{id}.toml"))
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("ns{id}.log"))
+    }
+
+    /// Every node's config lists all three as bootstrap members, as
+    /// deploy/compose does: applied only while a node's log is empty, so a
+    /// restart on the same data dir ignores it.
+    fn write_config(&self, id: u64) {
+        let path = |p: &Path| toml::Value::String(p.display().to_string());
+        let mut text = format!(
+            "node_id = {id}\nlisten = \"{}\"\ndata_dir = {}\ncerts_dir = {}\nidentity = \"ns{id}\"\n\n\
+             [raft]\nheartbeat_interval_ms = {HEARTBEAT_MS}\nelection_timeout_min_ms = {ELECTION_MIN_MS}\n\
+             election_timeout_max_ms = {ELECTION_MAX_MS}\npropose_timeout_ms = {CLIENT_WAIT_MS}\n\
+             read_timeout_ms = {CLIENT_WAIT_MS}\n",
+            self.addrs[&id],
+            path(&self.dir.path().join(format!("ns{id}"))),
+            path(&self.certs),
+        );
+        for (member, addr) in &self.addrs {
+            text.push_str(&format!("\n[[bootstrap]]\nid = {member}\naddr = \"{addr}\"\n"));
+        }
+        // The binary parses it the same way.
+        let config = NameServerConfig::parse(&text).unwrap_or_else(|e| panic!("config of n{id}: {e:#}\n{text}"));
+        assert_eq!(config.raft.election_timeout_max_ms, ELECTION_MAX_MS);
+        std::fs::write(self.config_path(id), text).expect("writing a config");
+    }
+
+    /// The tails of every node's log, for failure messages.
+    fn logs(&self) -> String {
+        self.addrs
+            .keys()
+            .map(|id| {
+                format!(
+                    "--- n{id} ({}), last {LOG_TAIL} lines:\n{}",
+                    self.log_path(*id).display(),
+                    tail(&self.log_path(*id), LOG_TAIL)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Starts (or restarts, on its port and data dir) node `id` and waits
+    /// until it answers RPCs. A process that exits first (say, its port is
+    /// not free yet) is started again until [`WAIT`].
     async fn start(&mut self, id: u64) {
-        let listen = self
-            .addrs
-            .get(&id)
-            .copied()
-            .unwrap_or_else(tessera_common::testing::stable_loopback_addr);
-        let config = NameServerConfig {
-            node_id: id,
-            listen,
-            advertise: None,
-            data_dir: self.dir.path().join(format!("ns{id}")),
-            certs_dir: self.certs.clone(),
-            identity: format!("ns{id}"),
-            metrics_listen: None,
-            raft: tuning(),
-            bootstrap: Vec::new(),
-            cluster: ClusterSettings::default(),
-        };
-        // A restart can briefly find the old port or database still held by
-        // the node just shut down: retry until WAIT.
+        assert!(!self.children.contains_key(&id), "n{id} is running");
+        self.probe.shutdown();
+        self.probe = probe_client(&self.certs);
         let deadline = Instant::now() + WAIT;
-        let node = loop {
-            match RaftNode::start(config.clone()).await {
-                Ok(node) => break node,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("starting n{id} failed, retrying: {e:#}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut child = self.spawn(id);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for a child") {
+                if Instant::now() >= deadline {
+                    panic!(
+                        "n{id} exited ({status}) and did not start within {WAIT:?}\n{}",
+                        self.logs()
+                    );
                 }
-                Err(e) => panic!("starting n{id}: {e:#}"),
+                eprintln!("n{id} exited ({status}) while starting, starting it again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                child = self.spawn(id);
+                continue;
             }
-        };
-        self.addrs.insert(id, node.addr());
-        self.nodes.insert(id, node);
+            if !matches!(self.ask(id).await, View::Unreachable(_)) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("n{id} did not answer within {WAIT:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.children.insert(id, child);
     }
 
-    async fn stop(&mut self, id: u64) {
-        let node = self.nodes.remove(&id).expect("node running");
-        node.shutdown().await;
+    fn spawn(&self, id: u64) -> Child {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("opening a log");
+        Command::new(&self.binary)
+            .arg("nameserver")
+            .arg("--config")
+            .arg(self.config_path(id))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {} for n{id}: {e}", self.binary.display()))
     }
 
-    /// Restarts every stopped node.
+    /// SIGKILL, then reaps the process.
+    async fn kill(&mut self, id: u64) {
+        let mut child = self.children.remove(&id).expect("node running");
+        child.kill().expect("SIGKILL");
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().expect("waiting for a child").is_none() {
+            assert!(Instant::now() < deadline, "n{id} survived SIGKILL for {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Restarts every killed node.
     async fn heal(&mut self) {
         let stopped: Vec<u64> = self
             .addrs
             .keys()
             .copied()
-            .filter(|id| !self.nodes.contains_key(id))
+            .filter(|id| !self.children.contains_key(id))
             .collect();
         for id in stopped {
             self.start(id).await;
         }
     }
 
-    async fn stop_all(&mut self) {
-        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+    async fn kill_all(&mut self) {
+        let ids: Vec<u64> = self.children.keys().copied().collect();
         for id in ids {
-            self.stop(id).await;
+            self.kill(id).await;
         }
     }
 
-    /// `(leader, term)` if a running node leads and every running node
-    /// follows it.
-    fn agreed_leader(&self) -> Option<(u64, u64)> {
-        let (id, term) = self.nodes.iter().find_map(|(id, n)| {
-            let m = n.metrics().borrow().clone();
-            (m.current_leader == Some(*id)).then_some((*id, m.current_term))
-        })?;
-        let all = self
-            .nodes
-            .values()
-            .all(|n| n.metrics().borrow().current_leader == Some(id));
-        all.then_some((id, term))
+    /// Asks node `id` itself (no redirection) for the members.
+    async fn ask(&self, id: u64) -> View {
+        ask(&self.probe, self.addrs[&id]).await
     }
 
-    /// Polls for an agreed leader whose term is above `above`.
-    async fn leader_after(&self, above: u64, timeout: Duration) -> Option<(u64, u64)> {
+    /// Every running node's view, asked concurrently.
+    async fn views(&self) -> BTreeMap<u64, View> {
+        let mut asks = tokio::task::JoinSet::new();
+        for id in self.children.keys() {
+            let (probe, addr, id) = (self.probe.clone(), self.addrs[id], *id);
+            asks.spawn(async move { (id, ask(&probe, addr).await) });
+        }
+        let mut views = BTreeMap::new();
+        while let Some(answer) = asks.join_next().await {
+            let (id, view) = answer.expect("ask task");
+            views.insert(id, view);
+        }
+        views
+    }
+
+    /// `(leader, term)` if one running node leads (reporting itself leader
+    /// of `term`) and every other running node names it as the leader.
+    /// Only the leader answers `ns.admin_members`; a follower answers
+    /// `NotLeader` with the leader's address but not its term. With
+    /// `caught_up`, the leader must also have replicated to every running
+    /// node up to [`CAUGHT_UP_LAG`] entries.
+    fn agreed(&self, views: &BTreeMap<u64, View>, caught_up: bool) -> Option<(u64, u64)> {
+        let (leader, term, lag) = views.iter().find_map(|(id, v)| match v {
+            View::Leads { leader, term, lag } if *leader == Some(*id) => Some((*id, *term, lag)),
+            _ => None,
+        })?;
+        let addr = self.addrs[&leader];
+        let followed = views
+            .iter()
+            .filter(|(id, _)| **id != leader)
+            .all(|(_, v)| matches!(v, View::Follows(Some(a)) if a.parse::<SocketAddr>().ok() == Some(addr)));
+        let replicated = !caught_up
+            || self
+                .children
+                .keys()
+                .all(|id| matches!(lag.get(id), Some(Some(behind)) if *behind <= CAUGHT_UP_LAG));
+        (followed && replicated && views.len() == self.children.len()).then_some((leader, term))
+    }
+
+    /// Polls for an agreed leader (see [`Cluster::agreed`]) whose term is
+    /// above `above`; on timeout the last views and the logs' tails.
+    async fn leader_after(&self, above: u64, caught_up: bool, timeout: Duration) -> Result<(u64, u64), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some((id, term)) = self.agreed_leader() {
+            let views = self.views().await;
+            if let Some((id, term)) = self.agreed(&views, caught_up) {
                 if term > above {
-                    return Some((id, term));
+                    return Ok((id, term));
                 }
             }
             if Instant::now() >= deadline {
-                return None;
+                let views: Vec<String> = views.iter().map(|(id, v)| format!("n{id} {v}")).collect();
+                return Err(format!("views: {}\n{}", views.join("; "), self.logs()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Each running node's view, for diagnostics.
-    fn state(&self) -> String {
-        let views: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|(id, n)| {
-                let m = n.metrics().borrow().clone();
-                format!(
-                    "n{id}: {:?} term {} leader {:?}",
-                    m.state, m.current_term, m.current_leader
-                )
-            })
-            .collect();
-        views.join("; ")
     }
 
     fn client(&self) -> NameServerClient<RpcClient> {
@@ -471,10 +704,12 @@ async fn client_loop(
     tally
 }
 
-/// Kills the leader (first at [`FIRST_KILL`], then every [`KILL_EVERY`] or
-/// [`STABLE_FOR`] after the previous kill's new leader, whichever is later),
-/// keeps it down at least [`DOWN_FOR`] and until the survivors elect a new
-/// leader, then restarts it from its data directory. Stops after
+/// Kills the leader's process with SIGKILL (first at [`FIRST_KILL`], then
+/// every [`KILL_EVERY`] or [`STABLE_FOR`] after the previous kill's new
+/// leader, whichever is later, and only once every running node has caught
+/// up with the leader, see [`CAUGHT_UP_LAG`]), keeps it down at least
+/// [`DOWN_FOR`] and until the survivors elect a new leader, then restarts
+/// it on its port and data directory. Stops after
 /// [`TARGET_CHANGES`] leader changes or when no kill may start any more
 /// ([`LAST_KILL`]). Returns the leader changes seen: a kill followed by an
 /// agreed leader in a later term.
@@ -483,24 +718,21 @@ async fn nemesis(cluster: &mut Cluster, started: Instant) -> Vec<String> {
     let mut next_kill = started + FIRST_KILL;
     while changes.len() < TARGET_CHANGES && next_kill < started + LAST_KILL {
         tokio::time::sleep_until(next_kill.into()).await;
-        let Some((leader, term)) = cluster.leader_after(0, WAIT).await else {
-            panic!("no agreed leader within {WAIT:?} before a kill: {}", cluster.state());
+        let (leader, term) = match cluster.leader_after(0, true, WAIT).await {
+            Ok(agreed) => agreed,
+            Err(why) => panic!("no agreed leader with every node caught up within {WAIT:?} before a kill: {why}"),
         };
         let killed_at = started.elapsed();
         let down_until = Instant::now() + DOWN_FOR;
-        cluster.stop(leader).await;
+        cluster.kill(leader).await;
         // The survivors elect a new leader while the old one is down.
-        let elected = cluster.leader_after(term, ELECTION_WAIT).await;
-        match elected {
-            Some((new_leader, new_term)) => changes.push(format!(
+        match cluster.leader_after(term, false, ELECTION_WAIT).await {
+            Ok((new_leader, new_term)) => changes.push(format!(
                 "t={:.1}s killed n{leader} (term {term}) -> n{new_leader} leads term {new_term} at t={:.1}s",
                 killed_at.as_secs_f64(),
                 started.elapsed().as_secs_f64()
             )),
-            None => eprintln!(
-                "no new leader within {ELECTION_WAIT:?} after killing n{leader}: {}",
-                cluster.state()
-            ),
+            Err(why) => eprintln!("no new leader within {ELECTION_WAIT:?} after killing n{leader}: {why}"),
         }
         tokio::time::sleep_until(down_until.into()).await;
         cluster.start(leader).await;
@@ -564,24 +796,21 @@ fn inject_stale_read(events: &[Event]) -> Option<(Vec<Event>, String, Value)> {
     None
 }
 
-// Ignored in the default run: restarting a killed leader *in the same
-// process* sometimes cannot rebind its UDP port for >15 s (the old QUIC
-// endpoint outlives `RpcServer::shutdown` when peers reconnect during the
-// shutdown; ~1 run in 3 here). Run it with `cargo test -p tessera-jepsen
-// --test ns_linearizable -- --include-ignored`; it moves to separate
-// processes killed with SIGKILL in the fault-test issue.
-#[ignore = "in-process restart can hit a QUIC endpoint that outlives shutdown; see comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ns_commit_get_delete_is_linearizable_while_leaders_are_killed() {
     let _serial = SERIAL.lock().await;
     let test_start = Instant::now();
     let mut cluster = Cluster::three().await;
-    cluster.leader_after(0, WAIT).await.expect("initial leader");
+    if let Err(why) = cluster.leader_after(0, false, WAIT).await {
+        panic!("no initial leader within {WAIT:?}: {why}");
+    }
     let setup = cluster.client();
-    setup
+    if let Err(e) = setup
         .create_bucket(BUCKET, "jepsen", StoragePolicy::Replicated { n: 3 })
         .await
-        .expect("create bucket");
+    {
+        panic!("create bucket: {e}\n{}", cluster.logs());
+    }
 
     let history = History::new();
     let uids = Arc::new(AtomicU64::new(1));
@@ -624,12 +853,14 @@ async fn ns_commit_get_delete_is_linearizable_while_leaders_are_killed() {
     }
     let workload = started.elapsed();
     // After healing, one final read per key: the state everyone converged on.
-    cluster.leader_after(0, WAIT).await.expect("leader after healing");
+    if let Err(why) = cluster.leader_after(0, false, WAIT).await {
+        panic!("no leader within {WAIT:?} after healing: {why}");
+    }
     for key in KEYS {
         let done = run_op(&setup, &history, CLIENTS, key, Op::Read).await;
         tally.add(&done);
     }
-    cluster.stop_all().await;
+    cluster.kill_all().await;
 
     let events = history.events();
     let path = std::env::temp_dir().join(format!("tessera-ns-linearizable-{}.jsonl", std::process::id()));
