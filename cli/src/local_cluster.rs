@@ -187,7 +187,7 @@ impl LocalCluster {
             obj,
             gateway: None,
         };
-        cluster.wait_for_chunk_servers(spec.chunk_servers).await?;
+        cluster.wait_for_chunk_servers().await?;
         if let Some(gateway) = &spec.gateway {
             cluster.gateway = Some(cluster.start_gateway(gateway).await?);
         }
@@ -211,18 +211,27 @@ impl LocalCluster {
         Gateway::start(config).await.context("starting the S3 gateway")
     }
 
-    async fn wait_for_chunk_servers(&self, count: usize) -> anyhow::Result<()> {
+    /// Waits until the object server sees every running chunk server at
+    /// its current address: chunk servers listen on a fresh port at each
+    /// start, and after a restart the cluster map still lists the old
+    /// ports until each server registers again.
+    async fn wait_for_chunk_servers(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.obj.cluster().chunk_servers().len() < count {
+        let running: Vec<SocketAddr> = self.chunk_servers.iter().flatten().map(|cs| cs.local_addr()).collect();
+        loop {
+            let seen: Vec<SocketAddr> = self.obj.cluster().chunk_servers().iter().map(|s| s.addr).collect();
+            let missing = running.iter().filter(|addr| !seen.contains(addr)).count();
+            if missing == 0 {
+                return Ok(());
+            }
             if Instant::now() > deadline {
                 bail!(
-                    "the object server sees {} of {count} chunk servers",
-                    self.obj.cluster().chunk_servers().len()
+                    "the object server does not see {missing} of {} chunk servers at their addresses",
+                    running.len()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
     }
 
     /// An RPC client with the `admin` identity.
