@@ -522,7 +522,9 @@ pub(crate) fn namespace_error(e: NamespaceError) -> NsError {
         NamespaceError::InvalidBucketName { reason, .. } => NsError::InvalidBucketName(reason),
         NamespaceError::InvalidPolicy(_) => NsError::InvalidPolicy,
         NamespaceError::InvalidKey { .. } => NsError::InvalidKey,
-        NamespaceError::UidReaped(_) | NamespaceError::UidTooOld { .. } => NsError::UidReaped,
+        NamespaceError::UidReaped(_) | NamespaceError::UidTooOld { .. } | NamespaceError::UidFromFuture { .. } => {
+            NsError::UidReaped
+        }
         NamespaceError::PreconditionFailed => NsError::PreconditionFailed,
         NamespaceError::NoSuchAccessKey(_) => NsError::NoSuchAccessKey,
         NamespaceError::AccessKeyExists(_) => NsError::AccessKeyExists,

@@ -217,7 +217,7 @@ fn dispatch<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, command: &Command, ctx: &A
                 etag: etag.clone(),
                 partition: *partition,
             };
-            multipart::put_part(txn, upload_id, part)
+            multipart::put_part(txn, upload_id, part, ctx)
         }
         Command::CompleteUpload {
             upload_id,

@@ -100,12 +100,17 @@ pub fn create<R: KvRead + ?Sized>(
 }
 
 /// Stores a part; a replaced part's uid is queued for deletion.
-pub fn put_part<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, upload_id: &str, part: PartRef) -> Res<Response> {
+pub fn put_part<R: KvRead + ?Sized>(
+    txn: &mut Txn<'_, R>,
+    upload_id: &str,
+    part: PartRef,
+    ctx: &ApplyCtx,
+) -> Res<Response> {
     if !(1..=MAX_PART_NUMBER).contains(&part.part_number) {
         return Err(NamespaceError::InvalidPartNumber(part.part_number).into());
     }
     require_upload(txn, upload_id)?;
-    super::reaped::check_not_reaped(txn, part.uid)?;
+    super::reaped::check_not_reaped(txn, part.uid, ctx.log_index)?;
     let key = part_key(upload_id, part.part_number);
     let referrer = part_referrer(upload_id, part.part_number);
     let replaced = codec::get::<_, PartRef>(txn, PARTS, &key)?.filter(|old| old.uid != part.uid);
@@ -182,7 +187,7 @@ pub fn complete<R: KvRead + ?Sized>(
         parts,
         ..version.clone()
     };
-    names::check_commit(txn, &upload.bucket, &upload.key, &version, condition)?;
+    names::check_commit(txn, &upload.bucket, &upload.key, &version, condition, ctx.log_index)?;
     let released = drop_upload(txn, &upload, &stored);
     names::install(txn, &upload.bucket, &upload.key, version, ctx.command_seq())?;
     names::release(txn, &released)?;

@@ -201,11 +201,12 @@ pub fn check_commit<R: KvRead + ?Sized>(
     key: &str,
     version: &ObjectVersion,
     condition: &CommitCondition,
+    log_index: u64,
 ) -> Res<()> {
     validate_key(key)?;
     buckets::require(view, bucket)?;
     for (uid, _) in version_uids(version) {
-        super::reaped::check_not_reaped(view, uid)?;
+        super::reaped::check_not_reaped(view, uid, log_index)?;
     }
     check_condition(view, bucket, key, condition)
 }
@@ -219,7 +220,7 @@ pub fn commit<R: KvRead + ?Sized>(
     condition: &CommitCondition,
     ctx: &ApplyCtx,
 ) -> Res<Response> {
-    check_commit(txn, bucket, key, version, condition)?;
+    check_commit(txn, bucket, key, version, condition, ctx.log_index)?;
     install(txn, bucket, key, version.clone(), ctx.command_seq())?;
     Ok(Response::Ok)
 }

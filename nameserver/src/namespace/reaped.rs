@@ -30,10 +30,15 @@ pub fn watermark<R: KvRead + ?Sized>(view: &R) -> Res<u64> {
 }
 
 /// Refuses a uid that was reaped or may have been (born below the
-/// watermark): its data may already be freed.
-pub fn check_not_reaped<R: KvRead + ?Sized>(view: &R, uid: u128) -> Res<()> {
+/// watermark): its data may already be freed. Also refuses a birth above
+/// `log_index` (the applying entry's): no honest minter can stamp one, and
+/// its reap could be pruned while the birth still passed the watermark.
+pub fn check_not_reaped<R: KvRead + ?Sized>(view: &R, uid: u128, log_index: u64) -> Res<()> {
     let watermark = watermark(view)?;
     let birth = uid_birth(uid);
+    if birth > log_index {
+        return Err(NamespaceError::UidFromFuture { uid, birth, log_index }.into());
+    }
     if birth < watermark {
         return Err(NamespaceError::UidTooOld { uid, birth, watermark }.into());
     }

@@ -275,6 +275,9 @@ pub enum NamespaceError {
     /// Born below the reap watermark: it may have been reaped and forgotten.
     #[error("uid {uid:x} was born at log index {birth}, below the reap watermark {watermark}")]
     UidTooOld { uid: u128, birth: u64, watermark: u64 },
+    /// Born above the entry that names it: no minter can know that index.
+    #[error("uid {uid:x} claims birth at log index {birth}, beyond the entry's index {log_index}")]
+    UidFromFuture { uid: u128, birth: u64, log_index: u64 },
     #[error("prune below index {below_index} refused at log index {log_index}")]
     PruneAhead { below_index: u64, log_index: u64 },
     #[error("precondition failed")]

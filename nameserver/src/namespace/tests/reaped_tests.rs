@@ -140,3 +140,18 @@ fn reaping_twice_keeps_the_first_reap_index() {
     assert_eq!(prune(&mut db, first), Response::Pruned { removed: 0 });
     assert_eq!(prune(&mut db, first + 1), Response::Pruned { removed: 1 });
 }
+
+/// A birth above the committing entry's index is refused: its reap could be
+/// pruned while the birth still cleared the watermark.
+#[test]
+fn a_uid_born_beyond_the_log_is_refused() {
+    let mut db = Db::new();
+    db.bucket("bkt");
+    let future = born(db.index + 100, 7);
+    assert!(matches!(
+        db.commit("bkt", "a", future),
+        Response::Error(NamespaceError::UidFromFuture { .. })
+    ));
+    assert_eq!(db.get("bkt", "a"), None);
+    assert_eq!(db.commit("bkt", "a", born(db.index, 8)), Response::Ok);
+}
