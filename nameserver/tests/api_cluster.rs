@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tessera_common::chunk_api::{self, ChunkServerHeartbeat, DiskStatus};
 use tessera_common::ids::{mint_uid, NodeId};
 use tessera_common::ns_api::{
-    Authz, CommitCondition, CommitNameReq, CompleteUploadReq, CreateUploadReq, ListObjectsReq, ListPartsReq,
+    Authz, CommitCondition, CommitNameReq, CommitOk, CompleteUploadReq, CreateUploadReq, ListObjectsReq, ListPartsReq,
     ListUploadsReq, NsError, PartInfo, Permission, PutPartReq, ReapOutcome, StoragePolicy, UploadMeta, UploadReq,
 };
 use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
@@ -524,12 +524,7 @@ async fn reaped_uids_are_pruned_after_the_retention_and_older_births_refused() {
     let mut filler = 0u128;
     loop {
         filler += 1;
-        let uid = mint_uid(client.log_position().await.expect("log position"));
-        client.create_guard(BUCKET, "filler", uid, TTL).await.expect("guard");
-        client
-            .commit_name(&commit("filler", uid, CommitCondition::None))
-            .await
-            .expect("commit");
+        commit_fresh(&client, "filler").await.expect("commit");
         if watermark(&cluster, leader).await > reap_index {
             break;
         }
@@ -550,13 +545,15 @@ async fn reaped_uids_are_pruned_after_the_retention_and_older_births_refused() {
         );
     }
     assert_eq!(client.get_object(BUCKET, "old").await.expect("get"), None);
-    let fresh = mint_uid(client.log_position().await.expect("log position"));
-    client.create_guard(BUCKET, "new", fresh, TTL).await.expect("guard");
-    client
-        .commit_name(&commit("new", fresh, CommitCondition::None))
-        .await
-        .expect("a freshly born uid commits");
+    commit_fresh(&client, "new").await.expect("a freshly born uid commits");
     cluster.stop_all().await;
+}
+
+/// Guard and commit of `key` to a uid born at the current log position.
+async fn commit_fresh(client: &NameServerClient<RpcClient>, key: &str) -> Result<CommitOk, NsCallError> {
+    let uid = mint_uid(client.log_position().await.expect("log position"));
+    client.create_guard(BUCKET, key, uid, TTL).await.expect("guard");
+    client.commit_name(&commit(key, uid, CommitCondition::None)).await
 }
 
 fn applied(node: &RaftNode) -> u64 {

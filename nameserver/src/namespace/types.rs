@@ -190,7 +190,7 @@ pub enum Command {
         seqs: Vec<u64>,
     },
     /// Raises the reap watermark to `below_index` (never lowers it) and
-    /// forgets up to [`names::PRUNE_BATCH_MAX`](super::names::PRUNE_BATCH_MAX)
+    /// forgets up to [`reaped::PRUNE_BATCH_MAX`](super::reaped::PRUNE_BATCH_MAX)
     /// uids reaped below it; commits of uids born below the watermark are
     /// refused from then on (DESIGN §4). Refused if `below_index` is past
     /// the entry's own index.
