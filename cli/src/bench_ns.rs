@@ -119,6 +119,12 @@ async fn create_bucket(ns: &NameServerClient<RpcClient>) -> anyhow::Result<()> {
 async fn commits(ns: &Arc<NameServerClient<RpcClient>>, clients: usize, run: Duration) -> anyhow::Result<(f64, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    // Uids must carry a birth at or below the log index that commits them
+    // (DESIGN §4, reaped pruning): one committed position serves the run.
+    let birth = ns
+        .log_position()
+        .await
+        .context("reading the name-server log position")?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
@@ -127,7 +133,7 @@ async fn commits(ns: &Arc<NameServerClient<RpcClient>>, clients: usize, run: Dur
                 let mut latencies_us = Vec::new();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let uid = rand_uid(c as u64, n);
+                    let uid = bench_uid(birth, c as u64, n);
                     let key = format!("c{c}/k{n}");
                     let at = Instant::now();
                     ns.create_guard(BUCKET, &key, uid, Duration::from_secs(60)).await?;
@@ -168,6 +174,9 @@ async fn commits(ns: &Arc<NameServerClient<RpcClient>>, clients: usize, run: Dur
     Ok((rate, p99))
 }
 
-fn rand_uid(client: u64, n: u64) -> u128 {
-    (u128::from(rand::random::<u64>()) << 64) | (u128::from(client) << 40) | u128::from(n)
+/// A uid born at `birth`, unique per (client, n) within one run; the random
+/// bits keep runs against one cluster apart.
+fn bench_uid(birth: u64, client: u64, n: u64) -> u128 {
+    let low = (rand::random::<u64>() << 48) ^ (client << 40) ^ n;
+    (u128::from(birth) << 64) | u128::from(low | 1 << 63)
 }

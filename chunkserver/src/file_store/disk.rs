@@ -208,6 +208,21 @@ fn lock_disk(root: &Path) -> anyhow::Result<File> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    sys::lock_exclusive(&file).with_context(|| format!("{} is in use by another chunk store", root.display()))?;
-    Ok(file)
+    // A store just dropped in this process may still hold the lock for a
+    // moment (a group-commit fsync in flight owns the disk): wait briefly.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sys::lock_exclusive(&file) {
+            Ok(()) => return Ok(file),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("{} is in use by another chunk store", root.display()));
+            }
+        }
+    }
 }
+
+/// How long opening a disk waits for another holder of its lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
