@@ -50,9 +50,6 @@ pub enum AdminCommand {
     Status {
         #[command(flatten)]
         target: NsTarget,
-        /// The cluster's object-server partition count.
-        #[arg(long, default_value_t = 8)]
-        partitions: u32,
     },
     /// Access keys (S3 credentials).
     Key {
@@ -175,10 +172,10 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             let client = ChunkServerClient::new(transport, addr, options);
             query_chunkserver(&client, what).await
         }
-        AdminCommand::Status { target, partitions } => {
+        AdminCommand::Status { target } => {
             let transport = target.transport()?;
             let ns = NameServerClient::new(transport.clone(), target.servers.clone(), NsClientConfig::default());
-            crate::status::status(&ns, transport, partitions).await
+            crate::status::status(&ns, transport).await
         }
         AdminCommand::Key { target, action } => {
             crate::keys::key(&target.client(NsClientConfig::default())?, action).await

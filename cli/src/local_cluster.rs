@@ -26,7 +26,7 @@ use tessera_gateway::config::{GatewayConfig, ProtocolSettings};
 use tessera_gateway::node::Gateway;
 use tessera_nameserver::config::{BootstrapMember, ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::raft::RaftNode;
-use tessera_objserver::config::{DataSettings, ObjServerConfig, Peer};
+use tessera_objserver::config::{DataSettings, ObjServerConfig};
 use tessera_objserver::node::ObjServer;
 
 /// What to start.
@@ -146,7 +146,11 @@ impl LocalCluster {
             metrics_listen: None,
             raft: RaftTuning::loopback(),
             bootstrap: vec![BootstrapMember { id: 1, addr: ns_addr }],
-            cluster: ClusterSettings::loopback(),
+            cluster: ClusterSettings {
+                partitions: spec.partitions,
+                partition_replicas: 1,
+                ..ClusterSettings::loopback()
+            },
         })
         .await
         .context("starting the name server")?;
@@ -163,14 +167,12 @@ impl LocalCluster {
         let obj = ObjServer::start(ObjServerConfig {
             node_id: 11,
             listen: os_addr,
+            advertise: None,
             data_dir: dir.join("os1"),
             certs_dir: certs.clone(),
             identity: "os1".into(),
             zone: "default".into(),
             nameservers: vec![ns_addr],
-            partitions: spec.partitions,
-            replicas: 1,
-            objservers: vec![Peer { id: 11, addr: os_addr }],
             metrics_listen: None,
             raft: RaftTuning::loopback(),
             data: spec.data.clone(),
@@ -188,6 +190,7 @@ impl LocalCluster {
             gateway: None,
         };
         cluster.wait_for_chunk_servers().await?;
+        cluster.partitions = cluster.wait_for_partitions().await?;
         if let Some(gateway) = &spec.gateway {
             cluster.gateway = Some(cluster.start_gateway(gateway).await?);
         }
@@ -200,8 +203,6 @@ impl LocalCluster {
             certs_dir: self.certs.clone(),
             identity: "gw1".into(),
             nameservers: vec![self.ns_addr],
-            objservers: vec![self.os_addr],
-            partitions: self.partitions,
             metrics_listen: None,
             region: "us-east-1".into(),
             virtual_host_domains: spec.virtual_host_domains.clone(),
@@ -229,6 +230,25 @@ impl LocalCluster {
                     "the object server does not see {missing} of {} chunk servers at their addresses",
                     running.len()
                 );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the object server leads every partition of the map
+    /// (placed by the name server once the object server heartbeats; a
+    /// data directory from an earlier run keeps its count). Returns the
+    /// partition count.
+    async fn wait_for_partitions(&self) -> anyhow::Result<u32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let placed = self.obj.cluster().partition_map().map_or(0, |map| map.len());
+            let leading = self.obj.partitions().iter().filter(|p| p.raft().is_leader()).count();
+            if placed > 0 && leading == placed {
+                return u32::try_from(placed).context("partition count");
+            }
+            if Instant::now() > deadline {
+                bail!("the object server leads {leading} of {placed} placed partitions");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,47 +1,42 @@
 //! `tessera admin status`: the cluster as the name-server leader sees it
-//! (every node with its liveness) and every object-server partition (its
-//! leader, epoch, objects, GC entries, chunk groups, and repair backlog with
-//! an ETA at the configured rate). One JSON object on stdout.
-
-use std::net::SocketAddr;
+//! (every node with its liveness) and every object-server partition of
+//! the partition map (its replicas, leader, epoch, objects, GC entries,
+//! chunk groups, and repair backlog with an ETA at the configured rate).
+//! One JSON object on stdout.
 
 use anyhow::Context;
-use tessera_common::ns_api::{ClusterMap, NodeRole};
+use tessera_common::ns_api::{ClusterMap, PartitionReplicas};
 use tessera_common::ns_client::NameServerClient;
 use tessera_common::os_api::PartitionStatus;
-use tessera_common::os_client::{OsClient, OsClientConfig};
+use tessera_common::os_client::{OsClient, OsClientConfig, OsTopology};
 use tessera_common::rpc::RpcClient;
 
-pub async fn status(ns: &NameServerClient<RpcClient>, transport: RpcClient, partitions: u32) -> anyhow::Result<()> {
+pub async fn status(ns: &NameServerClient<RpcClient>, transport: RpcClient) -> anyhow::Result<()> {
     let map = ns.cluster_map().await.context("reading the cluster map")?;
-    let object_servers: Vec<SocketAddr> = map
-        .nodes
-        .iter()
-        .filter(|n| n.role == NodeRole::ObjectServer && n.alive)
-        .filter_map(|n| n.addr.parse().ok())
-        .collect();
     let mut partition_json = Vec::new();
     let mut repair_pending_bytes = 0u64;
     let mut eta_s = 0f64;
-    if !object_servers.is_empty() && partitions > 0 {
-        let config = OsClientConfig {
-            rounds: 2,
-            ..OsClientConfig::default()
-        };
-        let os = OsClient::new(transport, object_servers, partitions, config);
-        for partition in 0..partitions {
-            match os.partition_status(partition).await {
-                Ok(status) => {
-                    repair_pending_bytes += status.repair_pending_bytes;
-                    eta_s = eta_s.max(status.repair_pending_bytes as f64 / status.repair_bytes_per_sec.max(1) as f64);
-                    partition_json.push(partition_value(&status));
-                }
-                Err(e) => partition_json.push(serde_json::json!({ "partition": partition, "error": e.to_string() })),
+    let config = OsClientConfig {
+        rounds: 2,
+        ..OsClientConfig::default()
+    };
+    let os = OsClient::new(transport, Vec::new(), 0, config);
+    os.set_topology(OsTopology::from_cluster_map(&map));
+    for placement in &map.partitions {
+        let mut value = match os.partition_status(placement.partition).await {
+            Ok(status) => {
+                repair_pending_bytes += status.repair_pending_bytes;
+                eta_s = eta_s.max(status.repair_pending_bytes as f64 / status.repair_bytes_per_sec.max(1) as f64);
+                partition_value(&status)
             }
-        }
+            Err(e) => serde_json::json!({ "partition": placement.partition, "error": e.to_string() }),
+        };
+        add_placement(&mut value, placement);
+        partition_json.push(value);
     }
-    let healthy = map.nodes.iter().all(|n| n.alive && n.healthy);
+    let healthy = map.nodes.iter().all(|n| n.alive && n.healthy) && !map.partitions.is_empty();
     let out = serde_json::json!({
+        "placed": !map.partitions.is_empty(),
         "healthy": healthy && partition_json.iter().all(|p| p.get("error").is_none()),
         "nodes": nodes_value(&map),
         "partitions": partition_json,
@@ -62,6 +57,13 @@ fn nodes_value(map: &ClusterMap) -> Vec<serde_json::Value> {
             })
         })
         .collect()
+}
+
+fn add_placement(value: &mut serde_json::Value, placement: &PartitionReplicas) {
+    if let Some(object) = value.as_object_mut() {
+        object.insert("replicas".into(), serde_json::json!(placement.nodes));
+        object.insert("generation".into(), serde_json::json!(placement.generation));
+    }
 }
 
 fn partition_value(status: &PartitionStatus) -> serde_json::Value {

@@ -38,6 +38,7 @@ fn nameserver_config(dir: &Path, port: u16) -> PathBuf {
         "node_id = 1\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\ncerts_dir = \"{certs}\"\n\
          identity = \"ns1\"\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_min_ms = 500\n\
          election_timeout_max_ms = 1000\n[cluster]\nheartbeat_interval_ms = 200\nnode_liveness_timeout_ms = 1500\n\
+         partitions = {PARTITIONS}\npartition_replicas = 1\n\
          [[bootstrap]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n",
         data = dir.join("ns1").display(),
         certs = dir.join("certs").display(),
@@ -62,8 +63,8 @@ fn chunkserver_config(dir: &Path, index: usize, port: u16, ns_port: u16) -> Path
 fn objserver_config(dir: &Path, port: u16, ns_port: u16) -> PathBuf {
     let text = format!(
         "node_id = 11\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\ncerts_dir = \"{certs}\"\n\
-         identity = \"os1\"\nnameservers = [\"127.0.0.1:{ns_port}\"]\npartitions = {PARTITIONS}\nreplicas = 1\n\
-         [[objservers]]\nid = 11\naddr = \"127.0.0.1:{port}\"\n[data]\ncluster_refresh_interval_ms = 200\n",
+         identity = \"os1\"\nnameservers = [\"127.0.0.1:{ns_port}\"]\n\
+         [data]\ncluster_refresh_interval_ms = 200\n",
         data = dir.join("os1").display(),
         certs = dir.join("certs").display(),
     );
@@ -73,7 +74,6 @@ fn objserver_config(dir: &Path, port: u16, ns_port: u16) -> PathBuf {
 /// `admin status` until `done` holds for its JSON (or the deadline).
 fn status_until(certs: &Path, ns_port: u16, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let servers = format!("127.0.0.1:{ns_port}");
-    let partitions = PARTITIONS.to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -84,8 +84,6 @@ fn status_until(certs: &Path, ns_port: u16, done: impl Fn(&serde_json::Value) ->
             &servers,
             "--certs",
             certs.to_str().expect("utf8"),
-            "--partitions",
-            &partitions,
         ]);
         if out.status.success() {
             let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status prints JSON");

@@ -1,7 +1,10 @@
 //! Client of the object servers: routes each call to the leader of the
 //! uid's partition (cached per partition, learned from `NotLeader`
-//! answers or by trying every object server), splits large reads and
-//! writes into [`IO_BYTES_MAX`] calls, and checks payload checksums.
+//! answers or by trying the partition's replicas, then every object
+//! server), splits large reads and writes into [`IO_BYTES_MAX`] calls, and
+//! checks payload checksums. Where the partitions live ([`OsTopology`]) is
+//! fixed at creation or refreshed from the name servers' cluster map
+//! ([`OsClient::refresh_loop`]).
 //!
 //! Every object-server method is idempotent, so a call whose outcome is
 //! unknown (a timeout, a leader change) is retried at the new leader within
@@ -9,12 +12,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::ns_api::StoragePolicy;
+use crate::ns_api::{ClusterMap, NodeRole, StoragePolicy};
+use crate::ns_client::NameServerClient;
 use crate::os_api::{
     self, partition_of, OpenWriteReq, OsError, PartitionReq, PartitionStatus, RangeReq, ReadOk, UidReq, UidStat,
     WriteOk, WriteReq, IO_BYTES_MAX,
@@ -31,6 +35,8 @@ pub enum OsCallError {
     TransitChecksum { offset: u64, len: u64 },
     #[error("no object server answered for partition {partition}: {last}")]
     NoLeader { partition: u32, last: String },
+    #[error("the partition map is not known yet (object servers not placed)")]
+    NoPartitionMap,
 }
 
 #[derive(Clone, Debug)]
@@ -56,12 +62,55 @@ impl Default for OsClientConfig {
     }
 }
 
-/// Cheap to clone; clones share the leader cache.
+/// How often a client without a partition map asks for one.
+const UNPLACED_RETRY: Duration = Duration::from_millis(200);
+
+/// Where the partitions live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OsTopology {
+    /// Every object server (tried last).
+    pub servers: Vec<SocketAddr>,
+    /// The cluster's partition count; 0 while not known.
+    pub partitions: u32,
+    /// Each partition's replicas, when known (tried first).
+    pub replicas: HashMap<u32, Vec<SocketAddr>>,
+}
+
+impl OsTopology {
+    /// The object servers and partitions of a cluster map; servers with an
+    /// unparsable address are left out.
+    pub fn from_cluster_map(map: &ClusterMap) -> OsTopology {
+        let addrs: HashMap<u64, SocketAddr> = map
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::ObjectServer)
+            .filter_map(|n| Some((n.id, n.addr.parse().ok()?)))
+            .collect();
+        let mut servers: Vec<SocketAddr> = addrs.values().copied().collect();
+        servers.sort_unstable();
+        let replicas = map
+            .partitions
+            .iter()
+            .map(|p| {
+                (
+                    p.partition,
+                    p.nodes.iter().filter_map(|n| addrs.get(n).copied()).collect(),
+                )
+            })
+            .collect();
+        OsTopology {
+            servers,
+            partitions: u32::try_from(map.partitions.len()).unwrap_or(u32::MAX),
+            replicas,
+        }
+    }
+}
+
+/// Cheap to clone; clones share the leader cache and the topology.
 #[derive(Clone)]
 pub struct OsClient<T> {
     transport: T,
-    servers: Arc<Vec<SocketAddr>>,
-    partitions: u32,
+    topology: Arc<RwLock<Arc<OsTopology>>>,
     leaders: Arc<Mutex<HashMap<u32, SocketAddr>>>,
     config: OsClientConfig,
 }
@@ -75,23 +124,66 @@ enum Attempt<R> {
 
 impl<T: Transport> OsClient<T> {
     /// `servers`: every object server; `partitions`: the cluster's
-    /// partition count (> 0).
+    /// partition count (0 until [`OsClient::set_topology`] tells it).
     pub fn new(transport: T, servers: Vec<SocketAddr>, partitions: u32, config: OsClientConfig) -> Self {
-        assert!(
-            partitions > 0 && !servers.is_empty(),
-            "object servers and partitions configured"
-        );
+        let topology = OsTopology {
+            servers,
+            partitions,
+            replicas: HashMap::new(),
+        };
         OsClient {
             transport,
-            servers: Arc::new(servers),
-            partitions,
+            topology: Arc::new(RwLock::new(Arc::new(topology))),
             leaders: Arc::new(Mutex::new(HashMap::new())),
             config,
         }
     }
 
-    pub fn partition_of(&self, uid: u128) -> u32 {
-        partition_of(uid, self.partitions)
+    /// Replaces where the partitions live. The partition count never
+    /// changes once known (uids are spread by it): a different non-zero
+    /// count is refused (logged) and the old topology kept.
+    pub fn set_topology(&self, next: OsTopology) {
+        let Ok(mut current) = self.topology.write() else {
+            return;
+        };
+        if current.partitions != 0 && next.partitions != current.partitions {
+            tracing::error!(
+                known = current.partitions,
+                offered = next.partitions,
+                "partition count changed; keeping the known one"
+            );
+            return;
+        }
+        if **current != next {
+            *current = Arc::new(next);
+        }
+    }
+
+    pub fn topology(&self) -> Arc<OsTopology> {
+        self.topology.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Refreshes the topology from the name servers' cluster map every
+    /// `interval` (more often while no partition map is known) until the
+    /// task is aborted. Cancellation safe.
+    pub async fn refresh_loop(self, ns: Arc<NameServerClient<T>>, interval: Duration) {
+        loop {
+            match ns.cluster_map().await {
+                Ok(map) if !map.partitions.is_empty() => self.set_topology(OsTopology::from_cluster_map(&map)),
+                Ok(_) => tracing::debug!("no partition map yet"),
+                Err(e) => tracing::debug!(error = %e, "cluster map refresh failed"),
+            }
+            let known = self.topology().partitions != 0;
+            tokio::time::sleep(if known { interval } else { interval.min(UNPLACED_RETRY) }).await;
+        }
+    }
+
+    /// The partition of `uid`; fails until the partition count is known.
+    pub fn partition_of(&self, uid: u128) -> Result<u32, OsCallError> {
+        match self.topology().partitions {
+            0 => Err(OsCallError::NoPartitionMap),
+            partitions => Ok(partition_of(uid, partitions)),
+        }
     }
 
     fn cached_leader(&self, partition: u32) -> Option<SocketAddr> {
@@ -138,13 +230,25 @@ impl<T: Transport> OsClient<T> {
             if round > 0 {
                 tokio::time::sleep(self.config.round_pause).await;
             }
-            let mut candidates: Vec<SocketAddr> = self.cached_leader(partition).into_iter().collect();
-            candidates.extend(self.servers.iter().copied());
+            let topology = self.topology();
+            let mut candidates: Vec<SocketAddr> = Vec::new();
+            let replicas = topology.replicas.get(&partition).into_iter().flatten();
+            for addr in self
+                .cached_leader(partition)
+                .iter()
+                .chain(replicas)
+                .chain(&topology.servers)
+            {
+                if !candidates.contains(addr) {
+                    candidates.push(*addr);
+                }
+            }
+            let budget = candidates.len() + 2;
             let mut tried = 0;
             while let Some(peer) = candidates.first().copied() {
                 candidates.remove(0);
                 tried += 1;
-                if tried > self.servers.len() + 2 {
+                if tried > budget {
                     break;
                 }
                 match self.attempt::<M, R>(peer, request, bulk.clone()).await {
@@ -171,7 +275,7 @@ impl<T: Transport> OsClient<T> {
         policy: StoragePolicy,
         ttl: Duration,
     ) -> Result<(), OsCallError> {
-        let partition = self.partition_of(uid);
+        let partition = self.partition_of(uid)?;
         let request = OpenWriteReq {
             partition,
             uid,
@@ -187,7 +291,7 @@ impl<T: Transport> OsClient<T> {
     /// Writes `data` at `offset` of `uid`, in calls of at most
     /// [`IO_BYTES_MAX`]; durable when `Ok`. Returns the uid's size after.
     pub async fn write(&self, uid: u128, offset: u64, data: Bytes) -> Result<u64, OsCallError> {
-        let partition = self.partition_of(uid);
+        let partition = self.partition_of(uid)?;
         let mut size_bytes = 0;
         let mut done = 0usize;
         while done < data.len() {
@@ -207,7 +311,7 @@ impl<T: Transport> OsClient<T> {
 
     /// Reads `len` bytes at `offset` (holes read as zeros).
     pub async fn read(&self, uid: u128, offset: u64, len: u64) -> Result<Bytes, OsCallError> {
-        let partition = self.partition_of(uid);
+        let partition = self.partition_of(uid)?;
         let mut out = BytesMut::with_capacity(len.min(IO_BYTES_MAX * 4) as usize);
         let mut done = 0;
         while done < len {
@@ -255,7 +359,7 @@ impl<T: Transport> OsClient<T> {
     }
 
     pub async fn trim(&self, uid: u128, offset: u64, len: u64) -> Result<(), OsCallError> {
-        let partition = self.partition_of(uid);
+        let partition = self.partition_of(uid)?;
         let request = RangeReq {
             partition,
             uid,
@@ -279,7 +383,7 @@ impl<T: Transport> OsClient<T> {
     where
         M: Method<Request = UidReq, Response = Result<R, OsError>>,
     {
-        let partition = self.partition_of(uid);
+        let partition = self.partition_of(uid)?;
         let (value, _) = self
             .call::<M, R>(partition, &UidReq { partition, uid }, Bytes::new())
             .await?;

@@ -50,12 +50,7 @@ impl Backend {
         let ttl = Duration::from_millis(config.protocol.auth_cache_ttl_ms);
         Ok(Backend {
             ns: NameServerClient::new(transport.clone(), config.nameservers.clone(), NsClientConfig::default()),
-            os: OsClient::new(
-                transport,
-                config.objservers.clone(),
-                config.partitions,
-                OsClientConfig::default(),
-            ),
+            os: OsClient::new(transport, Vec::new(), 0, OsClientConfig::default()),
             settings: config.protocol.clone(),
             failpoints,
             region: config.region.clone(),

@@ -6,8 +6,6 @@
 //! certs_dir = "/etc/tessera/certs"   # the cluster CA and this node's cert
 //! identity = "gw1"
 //! nameservers = ["127.0.0.1:7001"]
-//! objservers = ["127.0.0.1:7201"]
-//! partitions = 8                     # the cluster's partition count
 //! metrics_listen = "127.0.0.1:9100"  # optional
 //! region = "us-east-1"               # optional
 //! virtual_host_domains = ["s3.example.com"]  # optional: bucket.s3.example.com
@@ -30,9 +28,9 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub certs_dir: PathBuf,
     pub identity: String,
+    /// The object servers and their partitions come from these name
+    /// servers' cluster map.
     pub nameservers: Vec<SocketAddr>,
-    pub objservers: Vec<SocketAddr>,
-    pub partitions: u32,
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default = "default_region")]
     pub region: String,
@@ -106,12 +104,6 @@ impl GatewayConfig {
         if self.nameservers.is_empty() {
             bail!("nameservers: at least one name server address is required");
         }
-        if self.objservers.is_empty() {
-            bail!("objservers: at least one object server address is required");
-        }
-        if self.partitions == 0 {
-            bail!("partitions: must be at least 1");
-        }
         if self.identity.is_empty() {
             bail!("identity: the name of this node's certificate is required");
         }
@@ -175,8 +167,6 @@ mod tests {
         certs_dir = "/tmp/certs"
         identity = "gw1"
         nameservers = ["127.0.0.1:7001"]
-        objservers = ["127.0.0.1:7201"]
-        partitions = 8
     "#;
 
     #[test]
@@ -194,7 +184,7 @@ mod tests {
                 format!("{MINIMAL}\n[protocol]\ngc_ttl_ms = 1000\nguard_ttl_ms = 2000\n"),
                 "gc_ttl_ms",
             ),
-            (MINIMAL.replace("partitions = 8", "partitions = 0"), "partitions"),
+            (format!("{MINIMAL}\nobjservers = [\"127.0.0.1:7201\"]\n"), "objservers"),
             (
                 MINIMAL.replace("nameservers = [\"127.0.0.1:7001\"]", "nameservers = []"),
                 "nameservers",

@@ -60,7 +60,7 @@ pub fn os_error(e: OsCallError) -> S3Error {
             tracing::error!(%why, "object data unavailable");
             s3_error!(ServiceUnavailable, "the data is unavailable now; retry")
         }
-        OsCallError::NoLeader { .. } | OsCallError::Os(OsError::Unavailable(_)) => {
+        OsCallError::NoLeader { .. } | OsCallError::NoPartitionMap | OsCallError::Os(OsError::Unavailable(_)) => {
             tracing::warn!(error = %e, "object servers unavailable");
             s3_error!(ServiceUnavailable, "the object servers are unavailable; retry")
         }

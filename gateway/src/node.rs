@@ -5,9 +5,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use s3s::service::S3ServiceBuilder;
+use tessera_common::ns_client::{NameServerClient, NsClientConfig};
 use tessera_common::pki::NodeIdentity;
 use tessera_common::rpc::{RpcClient, RpcClientConfig};
 use tokio::net::TcpListener;
@@ -22,11 +24,16 @@ use crate::s3::access::{Access, Auth};
 use crate::s3::host::VirtualHosts;
 use crate::s3::TesseraS3;
 
+/// How often the object servers' topology is read from the cluster map.
+const TOPOLOGY_REFRESH: Duration = Duration::from_secs(2);
+
 /// A serving gateway. Stop it with [`Gateway::shutdown`].
 pub struct Gateway {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
+    /// Keeps the object-server topology fresh from the cluster map.
+    topology: JoinHandle<()>,
     client: RpcClient,
     failpoints: Arc<Failpoints>,
 }
@@ -39,6 +46,12 @@ impl Gateway {
         let client = RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")?;
         let failpoints = Arc::new(Failpoints::from_env());
         let backend = Arc::new(Backend::new(&config, client.clone(), failpoints.clone())?);
+        let ns = Arc::new(NameServerClient::new(
+            client.clone(),
+            config.nameservers.clone(),
+            NsClientConfig::default(),
+        ));
+        let topology = tokio::spawn(backend.os.clone().refresh_loop(ns, TOPOLOGY_REFRESH));
         let mut builder = S3ServiceBuilder::new(TesseraS3::new(backend.clone()));
         builder.set_auth(Auth(backend.clone()));
         builder.set_access(Access(backend));
@@ -46,9 +59,13 @@ impl Gateway {
             builder.set_host(VirtualHosts::new(&config.virtual_host_domains));
         }
         let service = builder.build();
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening for S3 on {}", config.listen))?;
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                topology.abort();
+                return Err(e).with_context(|| format!("listening for S3 on {}", config.listen));
+            }
+        };
         let addr = listener.local_addr().context("reading the S3 listen address")?;
         let (stop, stopped) = watch::channel(false);
         let intake = Intake {
@@ -61,6 +78,7 @@ impl Gateway {
             addr,
             stop,
             server,
+            topology,
             client,
             failpoints,
         })
@@ -80,6 +98,7 @@ impl Gateway {
     /// the cluster connections.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        self.topology.abort();
         if let Err(e) = self.server.await {
             tracing::warn!(error = %e, "the S3 server task failed");
         }

@@ -67,7 +67,7 @@ impl Backend {
         let uid = self.fresh_uid().await;
         let upload = Upload {
             uid,
-            partition: self.os.partition_of(uid),
+            partition: self.os.partition_of(uid).map_err(os_error)?,
             policy,
             size_hint_bytes,
             guard: name.map(|(b, k)| (b.to_string(), k.to_string())),

@@ -122,7 +122,11 @@ pub async fn cluster_map(node: &NsGroup, liveness: &Liveness, term: u64) -> Resu
         nodes: nodes.into_iter().map(|n| node_info(n, liveness, term)).collect(),
         partitions: partitions
             .into_iter()
-            .map(|(partition, nodes)| PartitionReplicas { partition, nodes })
+            .map(|(partition, placement)| PartitionReplicas {
+                partition,
+                nodes: placement.replicas,
+                generation: placement.generation,
+            })
             .collect(),
     })
 }

@@ -19,6 +19,9 @@
 //! [cluster]                           # optional, every knob has a default
 //! node_liveness_timeout_ms = 10000
 //! reap_retention_ms = 86400000        # how long reaped uids are remembered
+//! partitions = 16                     # object-server partitions, fixed at first placement
+//! partition_replicas = 3              # object servers per partition
+//! replica_replace_after_ms = 300000   # a dead object server's replicas move after this
 //!
 //! # Initial members, used only on the very first start of a fresh cluster.
 //! [[bootstrap]]
@@ -73,6 +76,18 @@ pub struct ClusterSettings {
     pub reap_retention_ms: u64,
     /// How often the leader checks whether reaped uids can be forgotten.
     pub reap_prune_interval_ms: u64,
+    /// The object-server partition count. The leader places the partitions
+    /// once `partition_replicas` object servers are alive; the count is
+    /// fixed from then on (uids are spread by it), later changes of this
+    /// setting are ignored.
+    pub partitions: u32,
+    /// Object servers per partition (1 for a single-node cluster).
+    pub partition_replicas: usize,
+    /// An object server dead for this long has its partition replicas
+    /// moved to live object servers (the partition leaders then change
+    /// their Raft membership). Longer than a restart, so a reboot does not
+    /// copy partitions around.
+    pub replica_replace_after_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -83,6 +98,9 @@ impl Default for ClusterSettings {
             delete_handoff_interval_ms: 1_000,
             reap_retention_ms: 24 * 3600 * 1000,
             reap_prune_interval_ms: 10_000,
+            partitions: 16,
+            partition_replicas: 3,
+            replica_replace_after_ms: 300_000,
         }
     }
 }
@@ -94,6 +112,7 @@ impl ClusterSettings {
             heartbeat_interval_ms: 200,
             node_liveness_timeout_ms: 1_500,
             delete_handoff_interval_ms: 200,
+            replica_replace_after_ms: 3_000,
             ..ClusterSettings::default()
         }
     }
@@ -132,6 +151,18 @@ impl NameServerConfig {
         }
         if cluster.reap_prune_interval_ms == 0 || cluster.reap_retention_ms < cluster.reap_prune_interval_ms {
             bail!("cluster.reap_retention_ms must be at least cluster.reap_prune_interval_ms (> 0)");
+        }
+        if cluster.partitions == 0 || cluster.partitions > 65_536 {
+            bail!("cluster.partitions must be in 1..=65536, not {}", cluster.partitions);
+        }
+        if cluster.partition_replicas == 0 || cluster.partition_replicas > 7 {
+            bail!(
+                "cluster.partition_replicas must be in 1..=7, not {}",
+                cluster.partition_replicas
+            );
+        }
+        if cluster.replica_replace_after_ms < cluster.node_liveness_timeout_ms {
+            bail!("cluster.replica_replace_after_ms must be at least cluster.node_liveness_timeout_ms");
         }
         self.validate_bootstrap()
     }
@@ -203,6 +234,12 @@ identity = "ns1"
             (
                 format!("{GOOD}\n[cluster]\nnode_liveness_timeout_ms = 1000\n"),
                 "node_liveness_timeout_ms",
+            ),
+            (format!("{GOOD}\n[cluster]\npartitions = 0\n"), "cluster.partitions"),
+            (format!("{GOOD}\n[cluster]\npartition_replicas = 9\n"), "partition_replicas"),
+            (
+                format!("{GOOD}\n[cluster]\nreplica_replace_after_ms = 10\n"),
+                "replica_replace_after_ms",
             ),
             (format!("{GOOD}\n[[bootstrap]]\nid = 2\naddr = \"127.0.0.1:7002\"\n"), "bootstrap"),
             (

@@ -10,6 +10,7 @@ pub mod deleter;
 pub mod guards;
 pub mod keys_api;
 pub mod namespace;
+pub mod placer;
 pub mod raft;
 pub mod reap_pruner;
 pub mod s3_api;

@@ -1,16 +1,19 @@
-//! The object server's view of the chunk servers, refreshed from the name
-//! servers' cluster map, and the choice of chunk servers for a new chunk
-//! group: distinct live servers, distinct zones first, least used first.
+//! The object server's view of the cluster, refreshed from the name
+//! servers' cluster map: the chunk servers, the object servers and the
+//! partition map; and the choice of chunk servers for a new chunk group:
+//! distinct live servers, distinct zones first, least used first.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tessera_common::ids::{ChunkId, NodeId};
-use tessera_common::ns_api::{NodeInfo, NodeRole, ObjServerHeartbeat};
+use tessera_common::ns_api::{ClusterMap, NodeInfo, NodeRole, ObjServerHeartbeat, PartitionReplicas};
 use tessera_common::ns_client::NameServerClient;
 use tessera_common::rpc::RpcClient;
+
+use crate::placement::Redundancy;
 
 /// A live chunk server a group may be placed on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,12 +30,16 @@ pub enum PlacementError {
     NotEnoughServers { wanted: usize, live: usize },
 }
 
-/// The chunk servers as last heard from the name servers, and the chunks
-/// they report corrupt. Cheap to clone.
+/// The chunk servers as last heard from the name servers, the chunks
+/// they report corrupt, the object servers' addresses and the partition
+/// map. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct ClusterView {
     servers: Arc<RwLock<Vec<ChunkServerInfo>>>,
     corrupt: Arc<RwLock<BTreeSet<(NodeId, ChunkId)>>>,
+    objservers: Arc<RwLock<BTreeMap<u64, String>>>,
+    /// `None` until a map with partitions was read.
+    partitions: Arc<RwLock<Option<BTreeMap<u32, PartitionReplicas>>>>,
 }
 
 impl ClusterView {
@@ -53,6 +60,37 @@ impl ClusterView {
     pub fn set(&self, servers: Vec<ChunkServerInfo>) {
         if let Ok(mut current) = self.servers.write() {
             *current = servers;
+        }
+    }
+
+    /// The partition map, once the name servers placed the partitions.
+    pub fn partition_map(&self) -> Option<BTreeMap<u32, PartitionReplicas>> {
+        self.partitions.read().ok()?.clone()
+    }
+
+    /// The RPC address object server `node` announced, if the map lists it.
+    pub fn objserver_addr(&self, node: u64) -> Option<String> {
+        self.objservers.read().ok()?.get(&node).cloned()
+    }
+
+    /// Takes everything from one cluster map.
+    pub fn update(&self, map: &ClusterMap) {
+        self.set(Self::from_nodes(&map.nodes));
+        self.set_corrupt(&map.nodes);
+        let objservers = map
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::ObjectServer)
+            .map(|n| (n.id, n.addr.clone()))
+            .collect();
+        if let Ok(mut current) = self.objservers.write() {
+            *current = objservers;
+        }
+        if !map.partitions.is_empty() {
+            let partitions = map.partitions.iter().map(|p| (p.partition, p.clone())).collect();
+            if let Ok(mut current) = self.partitions.write() {
+                *current = Some(partitions);
+            }
         }
     }
 
@@ -97,10 +135,7 @@ impl ClusterView {
     pub async fn refresh_loop(self, ns: Arc<NameServerClient<RpcClient>>, interval: Duration) {
         loop {
             match ns.cluster_map().await {
-                Ok(map) => {
-                    self.set(Self::from_nodes(&map.nodes));
-                    self.set_corrupt(&map.nodes);
-                }
+                Ok(map) => self.update(&map),
                 Err(e) => tracing::debug!(error = %e, "cluster map refresh failed"),
             }
             tokio::time::sleep(interval).await;
@@ -123,6 +158,23 @@ impl ClusterView {
     pub fn choose(&self, count: usize, exclude: &BTreeSet<NodeId>) -> Result<Vec<ChunkServerInfo>, PlacementError> {
         choose(&self.chunk_servers(), count, exclude)
     }
+}
+
+/// Whether `servers` can take `logical_bytes` more under `redundancy`:
+/// at least its write quorum of servers must each have room for their
+/// fragment share (`logical_bytes / data fragments`, rounded up). An
+/// estimate: free space reported by heartbeats, and only this partition's
+/// reservations are in `logical_bytes`.
+pub fn check_room(servers: &[ChunkServerInfo], redundancy: Redundancy, logical_bytes: u64) -> Result<(), String> {
+    let share = logical_bytes.div_ceil(redundancy.data_fragments() as u64);
+    let with_room = servers.iter().filter(|s| s.free_bytes >= share).count();
+    if with_room >= redundancy.write_quorum() {
+        return Ok(());
+    }
+    Err(format!(
+        "{logical_bytes} bytes need {share} free bytes on {} chunk servers, {with_room} have it",
+        redundancy.write_quorum()
+    ))
 }
 
 pub fn choose(
@@ -168,6 +220,22 @@ mod tests {
             zone: zone.into(),
             free_bytes: free,
         }
+    }
+
+    #[test]
+    fn room_needs_the_write_quorum_of_servers_with_their_share_free() {
+        let ec = Redundancy::Ec { k: 4, m: 2 };
+        let servers: Vec<ChunkServerInfo> = (1..=6).map(|i| server(i, "a", 100 * i)).collect();
+        // A share of 100 bytes: all six have it.
+        assert!(check_room(&servers, ec, 400).is_ok());
+        // 200 bytes each: servers 2..=6, five, the quorum of 4+2.
+        assert!(check_room(&servers, ec, 800).is_ok());
+        // 300 bytes each: four servers, one short of the quorum.
+        let refused = check_room(&servers, ec, 1200).expect_err("no room");
+        assert!(refused.contains("4 have it"), "{refused}");
+        assert!(check_room(&servers, Redundancy::Replicated { n: 3 }, 500).is_ok());
+        assert!(check_room(&servers, Redundancy::Replicated { n: 3 }, 501).is_err());
+        assert!(check_room(&servers, ec, u64::MAX).is_err(), "no overflow");
     }
 
     #[test]

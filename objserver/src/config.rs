@@ -4,25 +4,20 @@
 //! ```toml
 //! node_id = 11
 //! listen = "127.0.0.1:7101"          # QUIC control + TCP bulk, same port
+//! advertise = "10.0.0.21:7101"       # optional: announced to the cluster map (default: listen)
 //! data_dir = "/var/lib/tessera/os1"  # one RocksDB per hosted partition
 //! certs_dir = "/etc/tessera/certs"
 //! identity = "os1"
 //! nameservers = ["127.0.0.1:7001"]
-//! partitions = 8                     # the cluster's partition count
-//! replicas = 3                       # replicas per partition
 //! metrics_listen = "127.0.0.1:9111"  # optional
 //!
-//! # Every object server of the cluster (this one included): partition p is
-//! # replicated on `replicas` of them, chosen round-robin by id.
-//! [[objservers]]
-//! id = 11
-//! addr = "127.0.0.1:7101"
+//! # Which partitions this server hosts comes from the name servers'
+//! # partition map (their `[cluster] partitions`, `partition_replicas`).
 //!
 //! [raft]                             # optional: see the name server's
 //! [data]                             # optional: stripe/chunk sizes, GC
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +34,8 @@ use crate::state::EXTENT_BYTES_MAX;
 pub struct ObjServerConfig {
     pub node_id: u64,
     pub listen: SocketAddr,
+    /// The address other nodes reach this one at; defaults to `listen`.
+    pub advertise: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub certs_dir: PathBuf,
     pub identity: String,
@@ -46,22 +43,11 @@ pub struct ObjServerConfig {
     #[serde(default = "default_zone")]
     pub zone: String,
     pub nameservers: Vec<SocketAddr>,
-    pub partitions: u32,
-    #[serde(default = "default_replicas")]
-    pub replicas: usize,
-    pub objservers: Vec<Peer>,
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub raft: RaftTuning,
     #[serde(default)]
     pub data: DataSettings,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Peer {
-    pub id: u64,
-    pub addr: SocketAddr,
 }
 
 /// The data log's knobs.
@@ -83,6 +69,11 @@ pub struct DataSettings {
     pub repair_interval_ms: u64,
     /// Rebuild rate limit per partition.
     pub repair_bytes_per_sec: u64,
+    /// How often a partition leader looks for orphan chunks.
+    pub orphan_scan_interval_ms: u64,
+    /// Chunks reserved more recently than this are never deleted as
+    /// orphans (a repair of an earlier leader may still be writing them).
+    pub orphan_grace_ms: u64,
 }
 
 impl Default for DataSettings {
@@ -98,16 +89,14 @@ impl Default for DataSettings {
             release_grace_ms: 30_000,
             repair_interval_ms: 10_000,
             repair_bytes_per_sec: 100 << 20,
+            orphan_scan_interval_ms: 600_000,
+            orphan_grace_ms: 3_600_000,
         }
     }
 }
 
 fn default_zone() -> String {
     "default".into()
-}
-
-fn default_replicas() -> usize {
-    3
 }
 
 impl DataSettings {
@@ -121,6 +110,8 @@ impl DataSettings {
             release_grace: Duration::from_millis(self.release_grace_ms),
             repair_interval: Duration::from_millis(self.repair_interval_ms),
             repair_bytes_per_sec: self.repair_bytes_per_sec,
+            orphan_scan_interval: Duration::from_millis(self.orphan_scan_interval_ms),
+            orphan_grace: Duration::from_millis(self.orphan_grace_ms),
         }
     }
 }
@@ -139,25 +130,18 @@ impl ObjServerConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.raft.validate()?;
-        if self.partitions == 0 || self.partitions > 65_536 {
-            bail!("partitions must be in 1..=65536, not {}", self.partitions);
-        }
-        if self.replicas == 0 || self.replicas > 7 {
-            bail!("replicas must be in 1..=7, not {}", self.replicas);
+        if self.node_id == 0 {
+            bail!("node_id must not be 0");
         }
         if self.nameservers.is_empty() {
             bail!("nameservers: at least one address needed");
         }
-        let ids: BTreeSet<u64> = self.objservers.iter().map(|p| p.id).collect();
-        if ids.len() != self.objservers.len() {
-            bail!("objservers: ids must be unique");
-        }
-        if !ids.contains(&self.node_id) {
-            bail!("objservers must list this node (node_id {})", self.node_id);
-        }
         let data = &self.data;
         if data.stripe_data_bytes_max == 0 || data.stripe_data_bytes_max as u64 > EXTENT_BYTES_MAX {
             bail!("data.stripe_data_bytes_max must be in 1..={EXTENT_BYTES_MAX}");
+        }
+        if data.orphan_scan_interval_ms == 0 {
+            bail!("data.orphan_scan_interval_ms must be positive");
         }
         if !(0.0..=1.0).contains(&data.compaction_live_ratio) {
             bail!("data.compaction_live_ratio must be in 0..=1");
@@ -166,22 +150,6 @@ impl ObjServerConfig {
             bail!("data.chunk_bytes_max must hold at least one stripe's fragment");
         }
         Ok(())
-    }
-
-    /// The replicas of every partition: `replicas` distinct object servers,
-    /// round-robin by id (the first one bootstraps the group).
-    pub fn placement(&self) -> BTreeMap<u32, Vec<Peer>> {
-        let mut peers = self.objservers.clone();
-        peers.sort_by_key(|p| p.id);
-        let count = self.replicas.min(peers.len());
-        (0..self.partitions)
-            .map(|p| {
-                let chosen = (0..count)
-                    .map(|i| peers[(p as usize + i) % peers.len()].clone())
-                    .collect();
-                (p, chosen)
-            })
-            .collect()
     }
 }
 
@@ -196,38 +164,27 @@ data_dir = "/tmp/os"
 certs_dir = "/tmp/certs"
 identity = "os2"
 nameservers = ["127.0.0.1:7001"]
-partitions = 4
-[[objservers]]
-id = 1
-addr = "127.0.0.1:7101"
-[[objservers]]
-id = 2
-addr = "127.0.0.1:7102"
 "#;
 
     #[test]
-    fn parses_and_places_partitions_round_robin() {
+    fn parses_with_defaults() {
         let config = ObjServerConfig::parse(GOOD).expect("parses");
-        assert_eq!(config.replicas, 3);
-        let placement = config.placement();
-        assert_eq!(placement.len(), 4);
-        let ids = |p: u32| placement[&p].iter().map(|peer| peer.id).collect::<Vec<_>>();
-        assert_eq!(ids(0), vec![1, 2]);
-        assert_eq!(ids(1), vec![2, 1]);
+        assert_eq!(config.advertise, None);
+        assert_eq!(config.zone, "default");
     }
 
     #[test]
     fn the_deploy_example_parses() {
         let config = ObjServerConfig::parse(include_str!("../../deploy/objserver.example.toml")).expect("parses");
-        assert_eq!(config.placement().len(), 8);
+        assert_eq!(config.node_id, 11);
         assert_eq!(config.data.stripe_data_bytes_max, 4 << 20);
     }
 
     #[test]
     fn bad_values_name_the_field() {
         let cases = [
-            (GOOD.replace("partitions = 4", "partitions = 0"), "partitions"),
-            (GOOD.replace("node_id = 2", "node_id = 3"), "objservers"),
+            (format!("{GOOD}partitions = 4\n"), "partitions"),
+            (GOOD.replace("node_id = 2", "node_id = 0"), "node_id"),
             (GOOD.replace("node_id = 2", "node_id = 2\nbogus = 1"), "bogus"),
             (
                 format!("{GOOD}\n[data]\nstripe_data_bytes_max = 0\n"),

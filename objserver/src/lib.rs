@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod ec;
 pub mod group_io;
+pub mod hosting;
 pub mod node;
 pub mod partition;
 pub mod placement;

@@ -1,8 +1,8 @@
 //! A running object server: one RPC server (Raft routes of every hosted
-//! partition plus the object API), one Raft group per hosted partition,
+//! partition plus the object API), one Raft group per hosted partition
+//! (which ones: [`crate::hosting`], from the name servers' partition map),
 //! the cluster view refreshed from the name servers.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +12,14 @@ use tessera_common::ns_api::ObjServerHeartbeat;
 use tessera_common::ns_client::{NameServerClient, NsClientConfig};
 use tessera_common::pki::NodeIdentity;
 use tessera_common::rpc::{Router, RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
-use tessera_raft::{GroupId, GroupOptions, RaftGroup, Registry};
+use tessera_raft::Registry;
 use tokio::task::JoinHandle;
 
 use crate::cluster::ClusterView;
 use crate::config::ObjServerConfig;
 use crate::group_io::{GroupIo, GroupIoOptions};
-use crate::partition::{Partition, PartitionCtx};
+use crate::hosting::Hosting;
+use crate::partition::Partition;
 use crate::service::{self, Partitions};
 use crate::state::PartitionMachine;
 
@@ -32,8 +33,9 @@ pub struct ObjServer {
 }
 
 impl ObjServer {
-    /// Starts every partition this node replicates (bootstrapping those it
-    /// is the first replica of, once), then serves.
+    /// Serves, announces itself to the name servers and starts hosting the
+    /// partitions their map gives it (in the background: the map may not
+    /// exist yet).
     pub async fn start(config: ObjServerConfig) -> anyhow::Result<ObjServer> {
         config.validate()?;
         let identity = NodeIdentity::load(&config.certs_dir, &config.identity)
@@ -67,7 +69,7 @@ impl ObjServer {
             .with_context(|| format!("listening on {}", config.listen))?;
         let beat = ObjServerHeartbeat {
             node: config.node_id,
-            rpc_addr: config.listen.to_string(),
+            rpc_addr: config.advertise.unwrap_or(server.local_addr()).to_string(),
             zone: config.zone.clone(),
         };
         tasks.push(tokio::spawn(ClusterView::announce_loop(ns.clone(), beat, refresh)));
@@ -79,44 +81,21 @@ impl ObjServer {
             cluster: cluster.clone(),
             tasks: std::mem::take(&mut tasks),
         };
-        let settings = config.data.partition_settings();
-        for (partition, replicas) in config.placement() {
-            if !replicas.iter().any(|p| p.id == config.node_id) {
-                continue;
-            }
-            let options = GroupOptions {
-                group: GroupId(u64::from(partition)),
-                node_id: config.node_id,
-                data_dir: config.data_dir.join("partitions").join(partition.to_string()),
-                tuning: config.raft.clone(),
-            };
-            let group = match RaftGroup::start(options, client.clone(), registry.clone()).await {
-                Ok(group) => group,
-                Err(e) => {
-                    node.shutdown().await;
-                    return Err(e.context(format!("starting partition {partition}")));
-                }
-            };
-            if replicas[0].id == config.node_id {
-                let members: BTreeMap<u64, String> = replicas.iter().map(|p| (p.id, p.addr.to_string())).collect();
-                if let Err(e) = group.bootstrap(members).await {
-                    group.shutdown().await;
-                    node.shutdown().await;
-                    return Err(anyhow::anyhow!("bootstrapping partition {partition}: {e}"));
-                }
-            }
-            let ctx = PartitionCtx {
-                partition,
-                raft: group.handle(),
-                io: io.clone(),
-                cluster: cluster.clone(),
-                ns: ns.clone(),
-                settings: settings.clone(),
-            };
-            partitions.insert(Partition::new(ctx, group));
-        }
-        tracing::info!(node = config.node_id, addr = %node.addr(), partitions = partitions.all().len(),
-            "object server serving");
+        let hosting = Arc::new(Hosting::new(
+            config.node_id,
+            config.data_dir.clone(),
+            config.raft.clone(),
+            client.clone(),
+            registry,
+            io,
+            cluster.clone(),
+            ns,
+            config.data.partition_settings(),
+            partitions,
+        ));
+        let mut node = node;
+        node.tasks.push(tokio::spawn(hosting.run(refresh)));
+        tracing::info!(node = config.node_id, addr = %node.addr(), "object server serving");
         Ok(node)
     }
 

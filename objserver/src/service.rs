@@ -16,7 +16,7 @@ use tessera_common::rpc::{RequestCtx, Router};
 
 use crate::partition::Partition;
 
-/// The partitions this server hosts, by id. Filled while the server starts.
+/// The partitions this server hosts, by id (see [`crate::hosting`]).
 #[derive(Clone, Default)]
 pub struct Partitions {
     map: Arc<RwLock<BTreeMap<u32, Arc<Partition>>>>,
@@ -42,6 +42,10 @@ impl Partitions {
             .read()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    pub fn remove(&self, id: u32) -> Option<Arc<Partition>> {
+        self.map.write().ok()?.remove(&id)
     }
 
     /// Removes every partition (for shutdown).

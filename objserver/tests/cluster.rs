@@ -22,7 +22,7 @@ use tessera_common::rpc::{RpcClient, RpcClientConfig};
 use tessera_common::testing::{flip_a_bit_in_file, pattern, stable_loopback_addr};
 use tessera_nameserver::config::{BootstrapMember, ClusterSettings, NameServerConfig, RaftTuning};
 use tessera_nameserver::raft::RaftNode;
-use tessera_objserver::config::{DataSettings, ObjServerConfig, Peer};
+use tessera_objserver::config::{DataSettings, ObjServerConfig};
 use tessera_objserver::node::ObjServer;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -96,7 +96,11 @@ impl Cluster {
             metrics_listen: None,
             raft: RaftTuning::loopback(),
             bootstrap: vec![BootstrapMember { id: 1, addr: ns_addr }],
-            cluster: ClusterSettings::loopback(),
+            cluster: ClusterSettings {
+                partitions,
+                partition_replicas: replicas,
+                ..ClusterSettings::loopback()
+            },
         })
         .await
         .expect("start name server");
@@ -109,26 +113,16 @@ impl Cluster {
             chunk_servers.push(Some(ChunkServer::start(config).await.expect("start chunk server")));
         }
 
-        let peers: Vec<Peer> = (0..os_count)
-            .map(|i| Peer {
-                id: 10 + i as u64,
-                addr: stable_loopback_addr(),
-            })
-            .collect();
-        let os_configs: Vec<ObjServerConfig> = peers
-            .iter()
-            .enumerate()
-            .map(|(i, peer)| ObjServerConfig {
-                node_id: peer.id,
-                listen: peer.addr,
+        let os_configs: Vec<ObjServerConfig> = (0..os_count)
+            .map(|i| ObjServerConfig {
+                node_id: 10 + i as u64,
+                listen: stable_loopback_addr(),
+                advertise: None,
                 data_dir: dir.path().join(format!("os{i}")),
                 certs_dir: certs.clone(),
                 identity: format!("os{i}"),
                 zone: "default".into(),
                 nameservers: vec![ns_addr],
-                partitions,
-                replicas,
-                objservers: peers.clone(),
                 metrics_listen: None,
                 raft: RaftTuning::loopback(),
                 data: data.clone(),
@@ -146,7 +140,7 @@ impl Cluster {
         let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
         let client = OsClient::new(
             transport.clone(),
-            peers.iter().map(|p| p.addr).collect(),
+            os_configs.iter().map(|c| c.listen).collect(),
             partitions,
             OsClientConfig::default(),
         );
@@ -162,7 +156,31 @@ impl Cluster {
             ns_client,
         };
         cluster.wait_for_chunk_servers(cs_count).await;
+        cluster.wait_for_leaders(partitions).await;
         cluster
+    }
+
+    /// Until the name server placed the partitions and each has a leader.
+    async fn wait_for_leaders(&self, partitions: u32) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let led: std::collections::BTreeSet<u32> = self
+                .obj_servers
+                .iter()
+                .flatten()
+                .flat_map(|os| os.partitions())
+                .filter(|p| p.raft().is_leader())
+                .map(|p| p.id())
+                .collect();
+            if led.len() == partitions as usize {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partitions with a leader: {led:?} of {partitions}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Until every object server sees `count` live chunk servers.
@@ -215,8 +233,11 @@ impl Cluster {
     }
 }
 
+/// Test uid `n`, born at index 0 so the name servers accept it at any log
+/// position (a birth above the committing index is refused as from the
+/// future); the low bits stay distinct per `n`.
 fn uid(n: u64) -> u128 {
-    (u128::from(n) << 64) | u128::from(n.wrapping_mul(0x2545_F491_4F6C_DD1D))
+    u128::from(n.wrapping_mul(0x2545_F491_4F6C_DD1D))
 }
 
 /// Stripes recorded in the first `partitions` partitions.
@@ -233,6 +254,8 @@ fn fast_data() -> DataSettings {
     DataSettings {
         gc_scan_interval_ms: 100,
         cluster_refresh_interval_ms: 200,
+        orphan_scan_interval_ms: 300,
+        orphan_grace_ms: 1_000,
         ..DataSettings::default()
     }
 }
@@ -375,7 +398,10 @@ async fn chunk_servers_that_come_back_on_new_addresses_are_found() {
             }
         }
     }
-    let status = client.partition_status(client.partition_of(id)).await.expect("status");
+    let status = client
+        .partition_status(client.partition_of(id).expect("partition"))
+        .await
+        .expect("status");
     assert!(
         status.groups.iter().all(|g| g.lost_fragments == 0),
         "no fragment counted lost: {:?}",
@@ -414,7 +440,7 @@ async fn expired_gc_entries_are_freed_or_kept_as_the_name_servers_answer() {
         content_type: None,
         user_meta: Vec::new(),
         system_meta: Vec::new(),
-        partition: client.partition_of(named),
+        partition: client.partition_of(named).expect("partition"),
         condition: CommitCondition::None,
     };
     ns.commit_name(&commit).await.expect("commit");
@@ -812,7 +838,7 @@ async fn put(cluster: &Cluster, key: &str, id: u128, body: Bytes) {
         content_type: None,
         user_meta: Vec::new(),
         system_meta: Vec::new(),
-        partition: client.partition_of(id),
+        partition: client.partition_of(id).expect("partition"),
         condition: CommitCondition::None,
     };
     ns.commit_name(&commit).await.expect("commit");
@@ -1117,5 +1143,391 @@ async fn bad_requests_get_typed_errors_and_the_server_keeps_serving() {
     assert_eq!(client.stat(id).await.expect("stat").size_bytes, 0);
     client.write(id, 0, body.clone()).await.expect("good write");
     assert_eq!(client.read(id, 0, 10).await.expect("read"), body);
+    cluster.shutdown().await;
+}
+
+/// The replica set of `partition` in the name servers' map.
+async fn map_replicas(cluster: &Cluster, partition: u32) -> Vec<u64> {
+    let map = cluster.ns_client.cluster_map().await.expect("cluster map");
+    let entry = map.partitions.iter().find(|p| p.partition == partition);
+    entry.expect("partition placed").nodes.clone()
+}
+
+/// Until every partition's Raft voters are its map replicas, each replica
+/// hosts it and has applied what its leader applied.
+async fn wait_for_membership_to_match_the_map(cluster: &Cluster, partitions: u32) {
+    let deadline = Instant::now() + WAIT;
+    'retry: loop {
+        assert!(Instant::now() < deadline, "membership never matched the partition map");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for partition in 0..partitions {
+            let target: std::collections::BTreeSet<u64> = map_replicas(cluster, partition).await.into_iter().collect();
+            let hosts: Vec<_> = cluster
+                .obj_servers
+                .iter()
+                .flatten()
+                .flat_map(|os| os.partitions())
+                .filter(|p| p.id() == partition)
+                .collect();
+            let Some(leader) = hosts.iter().find(|p| p.raft().is_leader()) else {
+                continue 'retry;
+            };
+            let metrics = leader.raft().metrics().borrow().clone();
+            let voters: std::collections::BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
+            let applied = metrics.last_applied.map_or(0, |l| l.index);
+            let hosted_on: std::collections::BTreeSet<u64> = hosts.iter().map(|p| p.raft().id()).collect();
+            let caught_up = hosts
+                .iter()
+                .all(|p| p.raft().metrics().borrow().last_applied.map_or(0, |l| l.index) >= applied);
+            if voters != target || hosted_on != target || !caught_up {
+                continue 'retry;
+            }
+        }
+        return;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_object_servers_replicas_move_and_it_drops_its_copies_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    // 4 object servers, 2 partitions of 3 replicas: every partition has a
+    // spare server to move to.
+    let mut cluster = Cluster::start(4, 2, 3, fast_data()).await;
+    let client = cluster.client.clone();
+    let mut written = Vec::new();
+    for n in 300..306 {
+        let (id, body) = write_object(&client, n, 70_000).await;
+        client.confirm(id).await.expect("confirm");
+        written.push((id, body));
+    }
+    let before = map_replicas(&cluster, 0).await;
+
+    // Stop partition 0's leader; the name server moves its replicas after
+    // replica_replace_after_ms (3 s on loopback).
+    let leader = client
+        .partition_status(0)
+        .await
+        .expect("status")
+        .leader
+        .expect("leader");
+    let victim = cluster
+        .obj_servers
+        .iter()
+        .position(|os| os.as_ref().is_some_and(|os| os.node_id() == leader))
+        .expect("leader is one of ours");
+    cluster.obj_servers[victim].take().expect("running").shutdown().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut held = false;
+        for partition in 0..2 {
+            held |= map_replicas(&cluster, partition).await.contains(&leader);
+        }
+        if !held {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "object server {leader} never replaced in the map"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = map_replicas(&cluster, 0).await;
+    assert_eq!(after.len(), 3, "replaced, not dropped: {before:?} -> {after:?}");
+    wait_for_membership_to_match_the_map(&cluster, 2).await;
+
+    // Everything written before reads back; writes go on.
+    for (id, body) in &written {
+        assert!(
+            client
+                .read(*id, 0, body.len() as u64)
+                .await
+                .expect("read after the move")
+                == *body
+        );
+    }
+    let (id, body) = write_object(&client, 310, 50_000).await;
+    assert!(client.read(id, 0, 50_000).await.expect("read a new write") == body);
+
+    // The old server returns (on a new port): it is in no partition now,
+    // so it stops and deletes its copies.
+    let mut config = cluster.os_configs[victim].clone();
+    config.listen = stable_loopback_addr();
+    let partitions_dir = config.data_dir.join("partitions");
+    let returned = ObjServer::start(config).await.expect("restart the old leader");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let dirs = std::fs::read_dir(&partitions_dir).map(|d| d.count()).unwrap_or(0);
+        if dirs == 0 && returned.partitions().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the returned server still holds {dirs} partition directories"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.obj_servers[victim] = Some(returned);
+    for (id, body) in &written {
+        assert!(client.read(*id, 0, body.len() as u64).await.expect("read at the end") == *body);
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leader_cannot_write_and_its_late_appends_are_refused_by_every_chunk() {
+    use tessera_common::chunk_api::ChunkError;
+    use tessera_common::chunk_client::{ChunkCallError, ChunkServerClient};
+    use tessera_common::ids::Epoch;
+    use tessera_common::os_api::{self, WriteReq};
+    use tessera_common::rpc::{self, CallOptions};
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, 1, 3, fast_data()).await;
+    let client = cluster.client.clone();
+    let id = uid(80);
+    let first = pattern(80, 100_000);
+    client.open_write(id, 1 << 20, EC, WAIT).await.expect("open");
+    client.write(id, 0, first.clone()).await.expect("write");
+    let before = client.partition_status(0).await.expect("status");
+    let (old_leader, old_epoch) = (before.leader.expect("a leader"), before.epoch);
+    let open = before
+        .groups
+        .iter()
+        .find(|g| g.state == "open")
+        .expect("an open group")
+        .id;
+    let replica = |node: u64| {
+        cluster
+            .obj_servers
+            .iter()
+            .flatten()
+            .find(|os| os.node_id() == node)
+            .and_then(|os| os.partitions().into_iter().next())
+            .expect("hosted")
+    };
+    let placement = replica(old_leader)
+        .placements()
+        .await
+        .into_iter()
+        .find(|p| p.id.0 == open)
+        .expect("the open group's placement");
+
+    // Depose the leader without stopping it: a follower campaigns.
+    let follower = cluster
+        .obj_servers
+        .iter()
+        .flatten()
+        .map(|os| os.node_id())
+        .find(|node| *node != old_leader)
+        .expect("a follower");
+    let deadline = Instant::now() + WAIT;
+    let mut campaigned_at: Option<Instant> = None;
+    let after = loop {
+        // One campaign at a time: campaigning again while the last one is
+        // still settling only raises the term and churns leadership.
+        // A follower whose log lags is refused votes, and the old leader
+        // wins the next term again: campaign with a log as long as its.
+        let log_end = |node: u64| replica(node).raft().metrics().borrow().last_log_index;
+        let idle = campaigned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(5));
+        if idle && log_end(follower) >= log_end(old_leader) {
+            replica(follower)
+                .raft()
+                .raft()
+                .trigger()
+                .elect()
+                .await
+                .expect("campaign");
+            campaigned_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status = client.partition_status(0).await.expect("status");
+        let sealed = status.groups.iter().any(|g| g.id == open && g.state == "sealed");
+        if status.leader != Some(old_leader) && status.epoch > old_epoch && sealed {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the leader was never deposed: {status:?}");
+    };
+    assert!(!replica(old_leader).raft().is_leader(), "the old leader stepped down");
+
+    // The deposed leader's object API refuses writes (it cannot commit).
+    let identity = NodeIdentity::load(&cluster.certs, "client").expect("identity");
+    let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+    let old_addr = cluster
+        .os_configs
+        .iter()
+        .find(|c| c.node_id == old_leader)
+        .expect("config")
+        .listen;
+    let body = Bytes::from_static(b"late write");
+    let late_write = WriteReq {
+        partition: 0,
+        uid: id,
+        offset: 100_000,
+        crc32c: crc32c::crc32c(&body),
+    };
+    let options = CallOptions::default();
+    let (answer, _) = rpc::call::<os_api::Write, _>(&transport, old_addr, &late_write, body, &options)
+        .await
+        .expect("rpc");
+    assert!(matches!(answer, Err(OsError::NotLeader { .. })), "{answer:?}");
+
+    // Its chunks are fenced at the new epoch: an append at the old epoch,
+    // at each chunk's tail, is refused by every chunk server.
+    for fragment in &placement.fragments {
+        let chunks = ChunkServerClient::new(transport.clone(), fragment.addr, options.clone());
+        let deadline = Instant::now() + WAIT;
+        let fenced = loop {
+            let info = chunks.stat(fragment.chunk).await.expect("stat");
+            if info.epoch > Epoch(old_epoch) {
+                break info;
+            }
+            assert!(Instant::now() < deadline, "chunk {:?} never fenced", fragment.chunk);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let late = chunks
+            .append(
+                fragment.chunk,
+                fenced.length,
+                Epoch(old_epoch),
+                Bytes::from_static(b"late"),
+            )
+            .await;
+        assert!(
+            matches!(
+                late,
+                Err(ChunkCallError::Chunk(
+                    ChunkError::StaleEpoch { .. } | ChunkError::Sealed(_)
+                ))
+            ),
+            "a late append at epoch {old_epoch} must be refused: {late:?}"
+        );
+        let unchanged = chunks.stat(fragment.chunk).await.expect("stat");
+        assert_eq!(unchanged.length, fenced.length, "nothing appended");
+    }
+
+    // The new leader writes on, in a new group, and every byte reads back.
+    let second = pattern(81, 50_000);
+    client
+        .write(id, 100_000, second.clone())
+        .await
+        .expect("write at the new leader");
+    let all = client.read(id, 0, 150_000).await.expect("read");
+    assert!(all[..100_000] == first[..] && all[100_000..] == second[..]);
+    assert!(after.epoch > old_epoch);
+    cluster.shutdown().await;
+}
+
+/// The chunks chunk server `index` holds.
+async fn chunks_on(cluster: &Cluster, index: usize) -> std::collections::BTreeSet<u64> {
+    let identity = NodeIdentity::load(&cluster.certs, "client").expect("identity");
+    let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+    let server = cluster.chunk_servers[index].as_ref().expect("running");
+    let client = tessera_common::chunk_client::ChunkServerClient::new(
+        transport,
+        server.local_addr(),
+        tessera_common::rpc::CallOptions::default(),
+    );
+    client
+        .list()
+        .await
+        .expect("list chunks")
+        .iter()
+        .map(|c| c.chunk.0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_replaced_while_their_server_was_dead_are_deleted_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    let data = DataSettings {
+        repair_interval_ms: 200,
+        ..fast_data()
+    };
+    // Seven chunk servers: a group of six has a spare to be repaired onto.
+    let mut cluster = Cluster::start_with(7, 1, 1, 1, data).await;
+    let client = cluster.client.clone();
+    let mut written = Vec::new();
+    for n in 400..404 {
+        let (id, body) = write_object(&client, n, 300_000).await;
+        client.confirm(id).await.expect("confirm");
+        written.push((id, body));
+    }
+    let mut victim = None;
+    for index in 0..7 {
+        let chunks = chunks_on(&cluster, index).await;
+        if !chunks.is_empty() {
+            victim = Some((index, chunks));
+            break;
+        }
+    }
+    let (victim, old) = victim.expect("some server holds chunks");
+
+    // Its fragments are rebuilt on the spare once it is declared dead.
+    cluster.stop_chunk_server(victim).await;
+    cluster.wait_for_chunk_servers(6).await;
+    let groups = wait_until_fully_redundant(&cluster).await;
+    let moved = groups
+        .iter()
+        .flat_map(|g| &g.fragments)
+        .all(|f| !old.contains(&f.chunk.0));
+    assert!(moved, "no group references the stopped server's chunks any more");
+
+    // It returns holding the replaced chunks: orphans, deleted.
+    cluster.restart_chunk_server(victim).await;
+    cluster.wait_for_chunk_servers(7).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left: Vec<u64> = chunks_on(&cluster, victim).await.intersection(&old).copied().collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "orphan chunks never deleted: {left:x?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let groups = wait_until_fully_redundant(&cluster).await;
+    assert!(!groups.is_empty());
+    for (id, body) in &written {
+        assert!(client.read(*id, 0, body.len() as u64).await.expect("read") == *body);
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_beyond_the_free_space_are_refused_and_released_ones_count_no_more() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, 1, 1, fast_data()).await;
+    let client = cluster.client.clone();
+    let map = cluster.ns_client.cluster_map().await.expect("cluster map");
+    let free_min = map
+        .nodes
+        .iter()
+        .filter(|n| n.role == tessera_common::ns_api::NodeRole::ChunkServer)
+        .map(|n| n.capacity_bytes.saturating_sub(n.used_bytes))
+        .min()
+        .expect("chunk servers");
+    assert!(free_min > 0, "the test disk has room");
+    // EC 4+2: a fragment share is a quarter of the logical bytes.
+    let most = free_min / 10 * 6 * 4;
+
+    let refused = client.open_write(uid(90), u64::MAX / 2, EC, WAIT).await;
+    assert!(
+        matches!(refused, Err(OsCallError::Os(OsError::NoSpace(_)))),
+        "far beyond the free space: {refused:?}"
+    );
+    client
+        .open_write(uid(91), most, EC, WAIT)
+        .await
+        .expect("60% of the room");
+    let second = client.open_write(uid(92), most, EC, WAIT).await;
+    assert!(
+        matches!(second, Err(OsCallError::Os(OsError::NoSpace(_)))),
+        "the first reservation still holds its room: {second:?}"
+    );
+    client.delete(uid(91)).await.expect("drop the first");
+    client
+        .open_write(uid(92), most, EC, WAIT)
+        .await
+        .expect("its room was released");
+    let status = client.partition_status(0).await.expect("status");
+    assert_eq!(status.reserved_bytes, most);
     cluster.shutdown().await;
 }

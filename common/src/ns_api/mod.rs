@@ -376,7 +376,11 @@ pub struct ClusterMapReq;
 #[rkyv(derive(Debug))]
 pub struct PartitionReplicas {
     pub partition: u32,
+    /// Object-server node ids; the first bootstraps the group while
+    /// `generation` is 0.
     pub nodes: Vec<u64>,
+    /// Changes of `nodes` since the partition was first placed.
+    pub generation: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use super::digest::{hex, unhex, BodyDigest, ExpectedChecksums};
 use super::meta::{self, check_key, Headers};
 use super::objects::{body_len, commit_condition, precheck, receive, Received};
 use crate::backend::Backend;
-use crate::errors::ns_error;
+use crate::errors::{ns_error, os_error};
 use crate::failpoints::WriteStep;
 use crate::write::Upload;
 
@@ -233,7 +233,7 @@ pub async fn complete(
         uid,
         etag: etag.clone(),
         parts,
-        partition: backend.os.partition_of(uid),
+        partition: backend.os.partition_of(uid).map_err(os_error)?,
         condition,
     };
     backend.ns.complete_upload(&request).await.map_err(ns_error)?;

@@ -19,8 +19,6 @@ const NETWORK: [u8; 3] = [172, 28, 0];
 const CERTS_DIR: &str = "/certs";
 /// Tries of `docker pause` (see [`Compose::pause`]).
 const PAUSE_ATTEMPTS: u32 = 3;
-/// The object servers' partition count (`partitions` in deploy/compose/).
-const PARTITIONS: &str = "8";
 
 /// The topology of `deploy/docker-compose.yml`.
 pub struct Compose {
@@ -141,9 +139,6 @@ impl Control for Compose {
             let container = Self::container(&node);
             let mut argv = vec!["exec", container.as_str(), "/tessera", "admin", command];
             argv.extend_from_slice(&["--servers", &servers, "--certs", CERTS_DIR]);
-            if *command == "status" {
-                argv.extend_from_slice(&["--partitions", PARTITIONS]);
-            }
             argv.extend_from_slice(rest);
             match run("docker", &argv) {
                 Ok(out) => return Ok(out),

@@ -30,7 +30,6 @@ const NETNS_PREFIX: &str = "tsj-";
 /// The compose network the configs in deploy/compose/ are written for.
 const COMPOSE_NETWORK_PREFIX: &str = "172.28.0.";
 const LOCAL_NETWORK_PREFIX: &str = "10.77.0.";
-const PARTITIONS: &str = "8";
 const S3_PORT: u16 = 9000;
 const UP_TIMEOUT: Duration = Duration::from_secs(180);
 /// Most copies of the bridge's FORWARD rule teardown removes.
@@ -123,9 +122,6 @@ impl Local {
         let certs = certs.to_string_lossy();
         let servers = ns_servers(&self.nodes);
         let mut argv = vec!["admin", *command, "--servers", &servers, "--certs", certs.as_ref()];
-        if *command == "status" {
-            argv.extend_from_slice(&["--partitions", PARTITIONS]);
-        }
         argv.extend_from_slice(rest);
         run(&self.binary.to_string_lossy(), &argv)
     }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::codec::{self, be_tail, encode};
-use super::{NodeRecord, Res, Response, NODES, PARTITIONS};
+use super::{NamespaceError, NodeRecord, PartitionChange, PartitionPlacement, Res, Response, NODES, PARTITIONS};
 use tessera_raft::kv::{KvRead, Txn};
 
 /// Registers a node or updates it (upsert).
@@ -16,18 +16,32 @@ pub fn heartbeat<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, node: &NodeRecord) ->
     Ok(Response::Ok)
 }
 
-/// Sets the listed partitions' replicas; an empty list removes a partition.
+/// Applies `changes` all or nothing: every partition's generation must be
+/// the one its change was planned from; each changed partition's
+/// generation goes up by one (a new partition starts at 0).
 pub fn set_partitions<R: KvRead + ?Sized>(
     txn: &mut Txn<'_, R>,
-    assignments: &BTreeMap<u32, Vec<u64>>,
+    changes: &BTreeMap<u32, PartitionChange>,
 ) -> Res<Response> {
-    for (partition, nodes) in assignments {
+    let mut current = Vec::with_capacity(changes.len());
+    for (partition, change) in changes {
         let key = partition.to_be_bytes().to_vec();
-        if nodes.is_empty() {
-            txn.delete(PARTITIONS, key);
-        } else {
-            txn.put(PARTITIONS, key, encode(nodes));
+        let placement: Option<PartitionPlacement> = codec::get(&*txn, PARTITIONS, &key)?;
+        if placement.as_ref().map(|p| p.generation) != change.expected_generation {
+            return Err(NamespaceError::PreconditionFailed.into());
         }
+        current.push((key, placement));
+    }
+    for ((key, placement), change) in current.into_iter().zip(changes.values()) {
+        if change.replicas.is_empty() {
+            txn.delete(PARTITIONS, key);
+            continue;
+        }
+        let next = PartitionPlacement {
+            replicas: change.replicas.clone(),
+            generation: placement.map_or(0, |p| p.generation + 1),
+        };
+        txn.put(PARTITIONS, key, encode(&next));
     }
     Ok(Response::Ok)
 }
@@ -41,7 +55,7 @@ pub fn nodes<R: KvRead + ?Sized>(view: &R) -> Res<Vec<NodeRecord>> {
 }
 
 /// The whole partition map.
-pub fn partitions<R: KvRead + ?Sized>(view: &R) -> Res<BTreeMap<u32, Vec<u64>>> {
+pub fn partitions<R: KvRead + ?Sized>(view: &R) -> Res<BTreeMap<u32, PartitionPlacement>> {
     let mut out = BTreeMap::new();
     for (key, value) in view.scan(PARTITIONS, &[], None, usize::MAX)? {
         let partition = u32::from_be_bytes(be_tail::<4>(PARTITIONS, &key)?);
@@ -67,32 +81,58 @@ pub fn round_robin(partitions: u32, nodes: &[u64], replicas: usize) -> BTreeMap<
         .collect()
 }
 
+/// The first partition map: [`round_robin`] as changes of absent
+/// partitions.
+pub fn initial_changes(partitions: u32, nodes: &[u64], replicas: usize) -> BTreeMap<u32, PartitionChange> {
+    round_robin(partitions, nodes, replicas)
+        .into_iter()
+        .map(|(partition, replicas)| {
+            let change = PartitionChange {
+                replicas,
+                expected_generation: None,
+            };
+            (partition, change)
+        })
+        .collect()
+}
+
 /// Replaces `dead` in every partition that holds it by the live node (not
-/// already a replica) with the fewest replicas; returns the changed
-/// partitions (for a `SetPartitionMap`). Deterministic.
-pub fn reassign(map: &BTreeMap<u32, Vec<u64>>, dead: u64, live: &[u64]) -> BTreeMap<u32, Vec<u64>> {
-    let mut load: BTreeMap<u64, usize> = live.iter().map(|node| (*node, 0)).collect();
-    for node in map.values().flatten() {
+/// already a replica) with the fewest replicas. A partition with no such
+/// node keeps `dead`: a replica is only ever swapped, never dropped, so a
+/// partition never shrinks below its replica count by this. Deterministic.
+pub fn reassign(map: &BTreeMap<u32, PartitionPlacement>, dead: u64, live: &[u64]) -> BTreeMap<u32, PartitionChange> {
+    let mut load: BTreeMap<u64, usize> = live.iter().filter(|n| **n != dead).map(|node| (*node, 0)).collect();
+    for node in map.values().flat_map(|p| &p.replicas) {
         if let Some(count) = load.get_mut(node) {
             *count += 1;
         }
     }
     let mut changed = BTreeMap::new();
-    for (partition, replicas) in map {
-        if !replicas.contains(&dead) {
+    for (partition, placement) in map {
+        if !placement.replicas.contains(&dead) {
             continue;
         }
         let candidate = load
             .iter()
-            .filter(|(node, _)| !replicas.contains(*node))
+            .filter(|(node, _)| !placement.replicas.contains(*node))
             .min_by_key(|(node, count)| (**count, **node))
             .map(|(node, _)| *node);
-        let mut next: Vec<u64> = replicas.iter().copied().filter(|node| *node != dead).collect();
-        if let Some(node) = candidate {
-            next.push(node);
-            *load.entry(node).or_default() += 1;
-        }
-        changed.insert(*partition, next);
+        let Some(node) = candidate else {
+            continue;
+        };
+        *load.entry(node).or_default() += 1;
+        // In place, so the survivors keep their order (and the first
+        // replica stays first unless it is the dead one).
+        let replicas = placement
+            .replicas
+            .iter()
+            .map(|r| if *r == dead { node } else { *r })
+            .collect();
+        let change = PartitionChange {
+            replicas,
+            expected_generation: Some(placement.generation),
+        };
+        changed.insert(*partition, change);
     }
     changed
 }
@@ -110,14 +150,33 @@ mod tests {
         assert!(round_robin(2, &[], 3)[&0].is_empty());
     }
 
+    fn placed(map: BTreeMap<u32, Vec<u64>>, generation: u64) -> BTreeMap<u32, PartitionPlacement> {
+        map.into_iter()
+            .map(|(p, replicas)| (p, PartitionPlacement { replicas, generation }))
+            .collect()
+    }
+
     #[test]
     fn reassign_replaces_the_dead_node_by_the_least_loaded() {
-        let map = round_robin(3, &[1, 2, 3], 2);
+        let map = placed(round_robin(3, &[1, 2, 3], 2), 4);
         let changed = reassign(&map, 2, &[1, 3, 4]);
-        for (partition, replicas) in &changed {
-            assert!(!replicas.contains(&2), "{partition}");
-            assert_eq!(replicas.len(), 2);
+        assert_eq!(changed.len(), 2, "partitions 0 and 1 hold node 2: {changed:?}");
+        for (partition, change) in &changed {
+            assert!(!change.replicas.contains(&2), "{partition}");
+            assert_eq!(change.replicas.len(), 2);
+            assert_eq!(change.expected_generation, Some(4));
         }
-        assert!(changed.values().any(|r| r.contains(&4)));
+        assert!(changed.values().any(|c| c.replicas.contains(&4)));
+        assert_eq!(changed[&1].replicas[1], 3, "survivors keep their places");
+    }
+
+    #[test]
+    fn reassign_never_drops_a_replica_without_a_replacement() {
+        let map = placed(round_robin(2, &[1, 2, 3], 3), 0);
+        assert!(
+            reassign(&map, 2, &[1, 3]).is_empty(),
+            "no spare node: keep the dead one"
+        );
+        assert!(reassign(&map, 2, &[1, 2, 3]).is_empty(), "the dead node is no spare");
     }
 }

@@ -227,7 +227,7 @@ fn dispatch<R: KvRead + ?Sized>(txn: &mut Txn<'_, R>, command: &Command, ctx: &A
         } => multipart::complete(txn, upload_id, parts, version, condition, ctx),
         Command::AbortUpload { upload_id } => multipart::abort(txn, upload_id),
         Command::NodeHeartbeat(node) => cluster::heartbeat(txn, node),
-        Command::SetPartitionMap { assignments } => cluster::set_partitions(txn, assignments),
+        Command::SetPartitionMap { changes } => cluster::set_partitions(txn, changes),
     }
 }
 

@@ -222,14 +222,34 @@ fn cluster_map_nodes_and_partitions() {
         db.query(Query::ListNodes),
         QueryResponse::Nodes(vec![node(1, 10, 100), node(2, 20, 200)])
     );
+    let placed = |replicas: Vec<u64>, generation| PartitionPlacement { replicas, generation };
     let map = cluster::round_robin(3, &[1, 2], 2);
     db.ok(Command::SetPartitionMap {
-        assignments: map.clone(),
+        changes: cluster::initial_changes(3, &[1, 2], 2),
     });
-    assert_eq!(db.query(Query::PartitionMap), QueryResponse::PartitionMap(map.clone()));
+    let first: BTreeMap<u32, PartitionPlacement> = map.iter().map(|(p, r)| (*p, placed(r.clone(), 0))).collect();
+    assert_eq!(
+        db.query(Query::PartitionMap),
+        QueryResponse::PartitionMap(first.clone())
+    );
+
+    // Planned from a stale generation: refused whole, nothing changes.
+    let change = |replicas: Vec<u64>, expected_generation| PartitionChange {
+        replicas,
+        expected_generation,
+    };
+    let stale = Command::SetPartitionMap {
+        changes: BTreeMap::from([(0, change(vec![2], Some(0))), (2, change(vec![1], None))]),
+    };
+    assert_eq!(db.refused(stale), NamespaceError::PreconditionFailed);
+    assert_eq!(
+        db.query(Query::PartitionMap),
+        QueryResponse::PartitionMap(first.clone())
+    );
+
     db.ok(Command::SetPartitionMap {
-        assignments: BTreeMap::from([(1, vec![]), (2, vec![2])]),
+        changes: BTreeMap::from([(1, change(vec![], Some(0))), (2, change(vec![2], Some(0)))]),
     });
-    let expected = BTreeMap::from([(0, map[&0].clone()), (2, vec![2])]);
+    let expected = BTreeMap::from([(0, first[&0].clone()), (2, placed(vec![2], 1))]);
     assert_eq!(db.query(Query::PartitionMap), QueryResponse::PartitionMap(expected));
 }

@@ -119,6 +119,28 @@ pub struct NodeRecord {
     pub at_ms: u64,
 }
 
+/// One partition's entry in the partition map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPlacement {
+    /// The object servers holding a replica; the first one bootstraps the
+    /// partition's Raft group while `generation` is 0.
+    pub replicas: Vec<u64>,
+    /// How many times the replicas were changed since the partition was
+    /// first placed. Only a generation-0 entry may bootstrap a group: a
+    /// replica added later joins the existing group (its leader adds it).
+    pub generation: u64,
+}
+
+/// A change to one partition of the map (see [`Command::SetPartitionMap`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionChange {
+    /// The new replicas; empty removes the partition.
+    pub replicas: Vec<u64>,
+    /// The generation the proposer planned from (`None`: the partition was
+    /// absent). A stale plan is refused whole.
+    pub expected_generation: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRole {
     NameServer,
@@ -222,9 +244,11 @@ pub enum Command {
         upload_id: String,
     },
     NodeHeartbeat(NodeRecord),
-    /// Sets each listed partition's replicas; an empty list removes it.
+    /// Sets each listed partition's replicas (an empty list removes it),
+    /// all or nothing: refused with `PreconditionFailed` when any
+    /// partition's generation is not the one the change was planned from.
     SetPartitionMap {
-        assignments: BTreeMap<u32, Vec<u64>>,
+        changes: BTreeMap<u32, PartitionChange>,
     },
 }
 
@@ -464,7 +488,7 @@ pub enum QueryResponse {
     Uploads(UploadsPage),
     Parts(PartsPage),
     Nodes(Vec<NodeRecord>),
-    PartitionMap(BTreeMap<u32, Vec<u64>>),
+    PartitionMap(BTreeMap<u32, PartitionPlacement>),
     Watermark(u64),
 }
 

@@ -61,6 +61,13 @@ impl RaftNode {
             config.cluster.heartbeat_interval_ms,
         ));
         let (router, api_task) = crate::api::routes(router, group.handle(), liveness.clone());
+        let placement = crate::placer::PlacementSettings {
+            partitions: config.cluster.partitions,
+            replicas: config.cluster.partition_replicas,
+            replace_after: Duration::from_millis(config.cluster.replica_replace_after_ms),
+            interval: Duration::from_millis(config.cluster.heartbeat_interval_ms),
+        };
+        let placer = tokio::spawn(crate::placer::run(group.handle(), liveness.clone(), placement));
         let deleter = tokio::spawn(crate::deleter::run(
             group.handle(),
             liveness,
@@ -82,6 +89,7 @@ impl RaftNode {
                 api_task.abort();
                 deleter.abort();
                 pruner.abort();
+                placer.abort();
                 group.shutdown().await;
                 client.shutdown();
                 return Err(e.context(format!("listening on {}", config.listen)));
@@ -93,7 +101,7 @@ impl RaftNode {
             server,
             client,
             advertise,
-            tasks: vec![api_task, deleter, pruner],
+            tasks: vec![api_task, deleter, pruner, placer],
         };
         if !config.bootstrap.is_empty() {
             let members = config.bootstrap.iter().map(|m| (m.id, m.addr.to_string())).collect();

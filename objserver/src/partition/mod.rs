@@ -12,6 +12,7 @@
 
 mod compaction;
 mod gc;
+pub mod orphans;
 mod reader;
 mod repair;
 pub mod writer;
@@ -53,6 +54,10 @@ pub struct PartitionSettings {
     pub repair_interval: Duration,
     /// Rebuild rate limit per partition.
     pub repair_bytes_per_sec: u64,
+    /// How often the leader looks for orphan chunks (see [`orphans`]).
+    pub orphan_scan_interval: Duration,
+    /// Chunks reserved more recently than this are never orphans.
+    pub orphan_grace: Duration,
 }
 
 impl Default for PartitionSettings {
@@ -66,6 +71,8 @@ impl Default for PartitionSettings {
             release_grace: Duration::from_secs(30),
             repair_interval: Duration::from_secs(10),
             repair_bytes_per_sec: 100 << 20,
+            orphan_scan_interval: Duration::from_secs(600),
+            orphan_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -78,6 +85,8 @@ pub struct PartitionCtx {
     pub cluster: ClusterView,
     pub ns: Arc<NameServerClient<RpcClient>>,
     pub settings: PartitionSettings,
+    /// Chunks the leader's repair is rebuilding into (not orphans).
+    pub repairs: Arc<orphans::InFlight>,
 }
 
 /// The per-term state of a leader.
@@ -222,6 +231,7 @@ impl Partition {
             tokio::spawn(gc::run(self.ctx.clone())),
             tokio::spawn(compaction::run(self.clone())),
             tokio::spawn(repair::run(self.clone(), term)),
+            tokio::spawn(orphans::run(self.ctx.clone())),
         ];
         let mut leading = self.leading.lock().map_err(|_| OsError::Internal("poisoned".into()))?;
         *leading = Some(Term {
@@ -260,6 +270,13 @@ impl Partition {
                 redundancy.write_quorum()
             )));
         }
+        let reserved_bytes = match self.ctx.raft.read_local(Query::Meta).await.map_err(propose_error)? {
+            QueryResponse::Meta(meta) => meta.reserved_bytes,
+            other => return Err(OsError::Internal(format!("unexpected answer {other:?}"))),
+        };
+        let wanted = reserved_bytes.saturating_add(size_hint_bytes);
+        crate::cluster::check_room(&self.ctx.cluster.chunk_servers(), redundancy, wanted)
+            .map_err(|why| OsError::NoSpace(format!("reserving {size_hint_bytes} bytes: {why}")))?;
         self.propose(Command::OpenWrite {
             uid,
             redundancy,

@@ -159,6 +159,8 @@ async fn repair_fragment(
         addr: server.addr,
         chunk: ChunkId((u64::from(ctx.partition) << 32) | u64::from(first_seq)),
     };
+    // Not an orphan while it is rebuilt and until the group references it.
+    let _in_flight = ctx.repairs.hold(new.chunk);
     tracing::info!(partition = ctx.partition, group = %id, fragment = index, from = %placement.fragments[index].node,
         to = %new.node, bytes = record.tail, "repairing fragment");
     rebuild_into(partition, placement, index, record.tail, &new, term).await?;
