@@ -183,6 +183,12 @@ impl Cluster {
         }
     }
 
+    /// A fresh RPC client with the `client` identity.
+    fn transport(&self) -> RpcClient {
+        let identity = NodeIdentity::load(&self.certs, "client").expect("identity");
+        RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client")
+    }
+
     /// Until every object server sees `count` live chunk servers.
     async fn wait_for_chunk_servers(&self, count: usize) {
         let deadline = Instant::now() + WAIT;
@@ -714,6 +720,17 @@ async fn write_object(client: &OsClient<RpcClient>, n: u64, len: usize) -> (u128
     (uid(n), body)
 }
 
+/// Asserts every `(uid, body)` of `written` reads back exactly.
+async fn assert_reads_back(client: &OsClient<RpcClient>, written: &[(u128, Bytes)], when: &str) {
+    for (id, body) in written {
+        let got = client
+            .read(*id, 0, body.len() as u64)
+            .await
+            .unwrap_or_else(|e| panic!("read {when}: {e}"));
+        assert!(got == *body, "uid {id:x} reads back {when}");
+    }
+}
+
 /// Until every chunk group in use has all its columns on live servers,
 /// none vacant or missing stripes; returns those groups.
 async fn wait_until_fully_redundant(cluster: &Cluster) -> Vec<tessera_objserver::placement::GroupPlacement> {
@@ -788,10 +805,7 @@ async fn writes_go_on_with_a_chunk_server_down_and_its_columns_are_rebuilt_when_
         vacant >= 1,
         "groups opened with only 5 live servers have a vacant column"
     );
-    for (id, body) in &written {
-        let got = client.read(*id, 0, body.len() as u64).await.expect("degraded read");
-        assert!(got == *body, "uid {id:x} reads back while a column is missing");
-    }
+    assert_reads_back(&client, &written, "while a column is missing").await;
 
     // The server returns: degraded groups are sealed and their missing
     // columns rebuilt on it, so every group has six live columns again.
@@ -809,13 +823,7 @@ async fn writes_go_on_with_a_chunk_server_down_and_its_columns_are_rebuilt_when_
     // old and new, still reads.
     cluster.stop_chunk_server(1).await;
     cluster.stop_chunk_server(2).await;
-    for (id, body) in &written {
-        let got = client
-            .read(*id, 0, body.len() as u64)
-            .await
-            .expect("read with two down");
-        assert!(got == *body, "uid {id:x} survives two more losses after repair");
-    }
+    assert_reads_back(&client, &written, "with two more servers down after repair").await;
     cluster.shutdown().await;
 }
 
@@ -944,8 +952,7 @@ async fn a_corrupted_fragment_reads_correctly_and_is_rebuilt() {
 
 /// Bytes held in chunk files on the running chunk servers.
 async fn stored_bytes(cluster: &Cluster) -> u64 {
-    let identity = NodeIdentity::load(&cluster.certs, "client").expect("identity");
-    let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+    let transport = cluster.transport();
     let mut total = 0;
     for server in cluster.chunk_servers.iter().flatten() {
         let client = tessera_common::chunk_client::ChunkServerClient::new(
@@ -1085,8 +1092,7 @@ async fn bad_requests_get_typed_errors_and_the_server_keeps_serving() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(1, 1, 1, fast_data()).await;
     let client = cluster.client.clone();
-    let identity = NodeIdentity::load(&cluster.certs, "client").expect("identity");
-    let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+    let transport = cluster.transport();
     let os = cluster.os_configs[0].listen;
     let options = CallOptions::default();
     let id = uid(70);
@@ -1236,15 +1242,7 @@ async fn a_dead_object_servers_replicas_move_and_it_drops_its_copies_when_it_ret
     wait_for_membership_to_match_the_map(&cluster, 2).await;
 
     // Everything written before reads back; writes go on.
-    for (id, body) in &written {
-        assert!(
-            client
-                .read(*id, 0, body.len() as u64)
-                .await
-                .expect("read after the move")
-                == *body
-        );
-    }
+    assert_reads_back(&client, &written, "after the move").await;
     let (id, body) = write_object(&client, 310, 50_000).await;
     assert!(client.read(id, 0, 50_000).await.expect("read a new write") == body);
 
@@ -1267,9 +1265,7 @@ async fn a_dead_object_servers_replicas_move_and_it_drops_its_copies_when_it_ret
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.obj_servers[victim] = Some(returned);
-    for (id, body) in &written {
-        assert!(client.read(*id, 0, body.len() as u64).await.expect("read at the end") == *body);
-    }
+    assert_reads_back(&client, &written, "at the end").await;
     cluster.shutdown().await;
 }
 
@@ -1349,8 +1345,7 @@ async fn a_deposed_leader_cannot_write_and_its_late_appends_are_refused_by_every
     assert!(!replica(old_leader).raft().is_leader(), "the old leader stepped down");
 
     // The deposed leader's object API refuses writes (it cannot commit).
-    let identity = NodeIdentity::load(&cluster.certs, "client").expect("identity");
-    let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+    let transport = cluster.transport();
     let old_addr = cluster
         .os_configs
         .iter()
@@ -1418,8 +1413,7 @@ async fn a_deposed_leader_cannot_write_and_its_late_appends_are_refused_by_every
 
 /// The chunks chunk server `index` holds.
 async fn chunks_on(cluster: &Cluster, index: usize) -> std::collections::BTreeSet<u64> {
-    let identity = NodeIdentity::load(&cluster.certs, "client").expect("identity");
-    let transport = RpcClient::new(identity, RpcClientConfig::default()).expect("rpc client");
+    let transport = cluster.transport();
     let server = cluster.chunk_servers[index].as_ref().expect("running");
     let client = tessera_common::chunk_client::ChunkServerClient::new(
         transport,
@@ -1485,9 +1479,7 @@ async fn chunks_replaced_while_their_server_was_dead_are_deleted_when_it_returns
     }
     let groups = wait_until_fully_redundant(&cluster).await;
     assert!(!groups.is_empty());
-    for (id, body) in &written {
-        assert!(client.read(*id, 0, body.len() as u64).await.expect("read") == *body);
-    }
+    assert_reads_back(&client, &written, "after the orphans went").await;
     cluster.shutdown().await;
 }
 

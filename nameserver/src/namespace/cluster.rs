@@ -97,9 +97,13 @@ pub fn initial_changes(partitions: u32, nodes: &[u64], replicas: usize) -> BTree
 }
 
 /// Replaces `dead` in every partition that holds it by the live node (not
-/// already a replica) with the fewest replicas. A partition with no such
-/// node keeps `dead`: a replica is only ever swapped, never dropped, so a
-/// partition never shrinks below its replica count by this. Deterministic.
+/// already a replica) with the fewest replicas. A partition keeps `dead`
+/// when no such node exists (a replica is only ever swapped, never
+/// dropped) and when fewer than a majority of its replicas are live: its
+/// Raft group could not commit the membership change, and a moved-away
+/// replica deletes its copy when it returns, so moving the replicas of a
+/// partition without a live quorum (a single-replica partition above all)
+/// could lose its data. Deterministic.
 pub fn reassign(map: &BTreeMap<u32, PartitionPlacement>, dead: u64, live: &[u64]) -> BTreeMap<u32, PartitionChange> {
     let mut load: BTreeMap<u64, usize> = live.iter().filter(|n| **n != dead).map(|node| (*node, 0)).collect();
     for node in map.values().flat_map(|p| &p.replicas) {
@@ -109,7 +113,12 @@ pub fn reassign(map: &BTreeMap<u32, PartitionPlacement>, dead: u64, live: &[u64]
     }
     let mut changed = BTreeMap::new();
     for (partition, placement) in map {
-        if !placement.replicas.contains(&dead) {
+        let survivors = placement
+            .replicas
+            .iter()
+            .filter(|r| **r != dead && live.contains(*r))
+            .count();
+        if !placement.replicas.contains(&dead) || survivors < placement.replicas.len() / 2 + 1 {
             continue;
         }
         let candidate = load
@@ -158,16 +167,17 @@ mod tests {
 
     #[test]
     fn reassign_replaces_the_dead_node_by_the_least_loaded() {
-        let map = placed(round_robin(3, &[1, 2, 3], 2), 4);
-        let changed = reassign(&map, 2, &[1, 3, 4]);
+        // 0: [1, 2, 3], 1: [2, 3, 4], 2: [3, 4, 1].
+        let map = placed(round_robin(3, &[1, 2, 3, 4], 3), 4);
+        let changed = reassign(&map, 2, &[1, 3, 4, 5]);
         assert_eq!(changed.len(), 2, "partitions 0 and 1 hold node 2: {changed:?}");
         for (partition, change) in &changed {
             assert!(!change.replicas.contains(&2), "{partition}");
-            assert_eq!(change.replicas.len(), 2);
+            assert_eq!(change.replicas.len(), 3);
             assert_eq!(change.expected_generation, Some(4));
+            assert!(change.replicas.contains(&5), "the empty node takes it");
         }
-        assert!(changed.values().any(|c| c.replicas.contains(&4)));
-        assert_eq!(changed[&1].replicas[1], 3, "survivors keep their places");
+        assert_eq!(changed[&1].replicas, vec![5, 3, 4], "survivors keep their places");
     }
 
     #[test]
@@ -178,5 +188,20 @@ mod tests {
             "no spare node: keep the dead one"
         );
         assert!(reassign(&map, 2, &[1, 2, 3]).is_empty(), "the dead node is no spare");
+    }
+
+    #[test]
+    fn reassign_never_moves_a_partition_without_a_live_quorum() {
+        let single = placed(round_robin(2, &[1, 2], 1), 0);
+        assert!(
+            reassign(&single, 1, &[2, 3]).is_empty(),
+            "a single replica's data would be lost"
+        );
+        let three = placed(round_robin(1, &[1, 2, 3], 3), 0);
+        assert!(
+            reassign(&three, 1, &[3, 4, 5]).is_empty(),
+            "1 and 2 are both down: no quorum to change membership"
+        );
+        assert_eq!(reassign(&three, 1, &[2, 3, 4])[&0].replicas, vec![4, 2, 3]);
     }
 }
