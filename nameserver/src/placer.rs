@@ -30,34 +30,42 @@ pub struct PlacementSettings {
 }
 
 /// An object server as the leader judges it now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjServerState {
     pub node: u64,
+    pub zone: String,
     pub alive: bool,
     /// Time since last heard from (since the term began if never).
     pub silent: Duration,
 }
 
 /// The next change of the map, if any: the first placement once enough
-/// object servers are alive, else the replacement of one long-dead object
-/// server (the lowest id) by live ones. Pure, for tests.
+/// object servers are alive (replicas in distinct zones while zones last),
+/// else the replacement of one long-dead object server (the lowest id) by
+/// live ones. Pure, for tests.
 pub fn plan(
     map: &BTreeMap<u32, PartitionPlacement>,
     servers: &[ObjServerState],
     settings: &PlacementSettings,
 ) -> Option<BTreeMap<u32, PartitionChange>> {
     let live: Vec<u64> = servers.iter().filter(|s| s.alive).map(|s| s.node).collect();
+    let zones: cluster::Zones = servers.iter().map(|s| (s.node, s.zone.clone())).collect();
     if map.is_empty() {
         if live.len() < settings.replicas {
             return None;
         }
-        return Some(cluster::initial_changes(settings.partitions, &live, settings.replicas));
+        return Some(cluster::initial_changes(
+            settings.partitions,
+            &live,
+            &zones,
+            settings.replicas,
+        ));
     }
     let placed = |node: u64| map.values().any(|p| p.replicas.contains(&node));
     servers
         .iter()
         .filter(|s| !s.alive && s.silent >= settings.replace_after && placed(s.node))
-        .map(|s| cluster::reassign(map, s.node, &live))
+        .map(|s| cluster::reassign(map, s.node, &live, &zones))
         .find(|changes| !changes.is_empty())
 }
 
@@ -91,6 +99,7 @@ async fn pass(node: &NsGroup, liveness: &Liveness, settings: &PlacementSettings)
             let (silent, alive) = liveness.judge(term, n.node_id);
             ObjServerState {
                 node: n.node_id,
+                zone: n.zone.clone(),
                 alive,
                 silent,
             }
@@ -140,6 +149,7 @@ mod tests {
     fn state(node: u64, alive: bool, silent_s: u64) -> ObjServerState {
         ObjServerState {
             node,
+            zone: String::new(),
             alive,
             silent: Duration::from_secs(silent_s),
         }
@@ -176,7 +186,7 @@ mod tests {
     #[test]
     fn moves_only_replicas_of_servers_dead_past_the_delay() {
         let all = [1, 2, 3, 4].map(|n| state(n, true, 0));
-        let map = applied(cluster::initial_changes(4, &[1, 2, 3], 3), 0);
+        let map = applied(cluster::initial_changes(4, &[1, 2, 3], &cluster::Zones::new(), 3), 0);
         assert_eq!(plan(&map, &all, &settings()), None, "all alive");
         let briefly = [
             state(1, true, 0),

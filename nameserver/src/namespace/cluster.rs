@@ -4,7 +4,7 @@
 //! this module keeps only the data, plus a deterministic assignment helper
 //! for proposers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::codec::{self, be_tail, encode};
 use super::{NamespaceError, NodeRecord, PartitionChange, PartitionPlacement, Res, Response, NODES, PARTITIONS};
@@ -64,10 +64,20 @@ pub fn partitions<R: KvRead + ?Sized>(view: &R) -> Res<BTreeMap<u32, PartitionPl
     Ok(out)
 }
 
+/// Object-server node id → failure domain (zone); a node missing from it
+/// is in the zone "".
+pub type Zones = BTreeMap<u64, String>;
+
+fn zone_of(zones: &Zones, node: u64) -> &str {
+    zones.get(&node).map_or("", String::as_str)
+}
+
 /// Spreads `partitions` partitions over `nodes` round-robin, `replicas`
-/// distinct nodes each (fewer when there are fewer nodes). Deterministic:
-/// nodes are taken in id order.
-pub fn round_robin(partitions: u32, nodes: &[u64], replicas: usize) -> BTreeMap<u32, Vec<u64>> {
+/// distinct nodes each (fewer when there are fewer nodes), in distinct
+/// zones while zones last: partition p takes nodes in id order starting
+/// at the p-th, first those of zones it has no replica in yet.
+/// Deterministic.
+pub fn round_robin(partitions: u32, nodes: &[u64], zones: &Zones, replicas: usize) -> BTreeMap<u32, Vec<u64>> {
     let mut sorted = nodes.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
@@ -75,7 +85,16 @@ pub fn round_robin(partitions: u32, nodes: &[u64], replicas: usize) -> BTreeMap<
     (0..partitions)
         .map(|partition| {
             let first = partition as usize;
-            let chosen = (0..count).map(|i| sorted[(first + i) % sorted.len()]).collect();
+            let rotated = (0..sorted.len()).map(|i| sorted[(first + i) % sorted.len()]);
+            let mut chosen: Vec<u64> = Vec::with_capacity(count);
+            for zones_may_repeat in [false, true] {
+                for node in rotated.clone() {
+                    let zone_taken = chosen.iter().any(|c| zone_of(zones, *c) == zone_of(zones, node));
+                    if chosen.len() < count && !chosen.contains(&node) && (zones_may_repeat || !zone_taken) {
+                        chosen.push(node);
+                    }
+                }
+            }
             (partition, chosen)
         })
         .collect()
@@ -83,8 +102,13 @@ pub fn round_robin(partitions: u32, nodes: &[u64], replicas: usize) -> BTreeMap<
 
 /// The first partition map: [`round_robin`] as changes of absent
 /// partitions.
-pub fn initial_changes(partitions: u32, nodes: &[u64], replicas: usize) -> BTreeMap<u32, PartitionChange> {
-    round_robin(partitions, nodes, replicas)
+pub fn initial_changes(
+    partitions: u32,
+    nodes: &[u64],
+    zones: &Zones,
+    replicas: usize,
+) -> BTreeMap<u32, PartitionChange> {
+    round_robin(partitions, nodes, zones, replicas)
         .into_iter()
         .map(|(partition, replicas)| {
             let change = PartitionChange {
@@ -97,14 +121,20 @@ pub fn initial_changes(partitions: u32, nodes: &[u64], replicas: usize) -> BTree
 }
 
 /// Replaces `dead` in every partition that holds it by the live node (not
-/// already a replica) with the fewest replicas. A partition keeps `dead`
+/// already a replica) in a zone the survivors are not in if there is one,
+/// with the fewest replicas. A partition keeps `dead`
 /// when no such node exists (a replica is only ever swapped, never
 /// dropped) and when fewer than a majority of its replicas are live: its
 /// Raft group could not commit the membership change, and a moved-away
 /// replica deletes its copy when it returns, so moving the replicas of a
 /// partition without a live quorum (a single-replica partition above all)
 /// could lose its data. Deterministic.
-pub fn reassign(map: &BTreeMap<u32, PartitionPlacement>, dead: u64, live: &[u64]) -> BTreeMap<u32, PartitionChange> {
+pub fn reassign(
+    map: &BTreeMap<u32, PartitionPlacement>,
+    dead: u64,
+    live: &[u64],
+    zones: &Zones,
+) -> BTreeMap<u32, PartitionChange> {
     let mut load: BTreeMap<u64, usize> = live.iter().filter(|n| **n != dead).map(|node| (*node, 0)).collect();
     for node in map.values().flat_map(|p| &p.replicas) {
         if let Some(count) = load.get_mut(node) {
@@ -121,10 +151,16 @@ pub fn reassign(map: &BTreeMap<u32, PartitionPlacement>, dead: u64, live: &[u64]
         if !placement.replicas.contains(&dead) || survivors < placement.replicas.len() / 2 + 1 {
             continue;
         }
+        let survivor_zones: BTreeSet<&str> = placement
+            .replicas
+            .iter()
+            .filter(|r| **r != dead)
+            .map(|r| zone_of(zones, *r))
+            .collect();
         let candidate = load
             .iter()
             .filter(|(node, _)| !placement.replicas.contains(*node))
-            .min_by_key(|(node, count)| (**count, **node))
+            .min_by_key(|(node, count)| (survivor_zones.contains(zone_of(zones, **node)), **count, **node))
             .map(|(node, _)| *node);
         let Some(node) = candidate else {
             continue;
@@ -152,11 +188,11 @@ mod tests {
 
     #[test]
     fn round_robin_spreads_distinct_replicas() {
-        let map = round_robin(4, &[30, 10, 20], 3);
+        let map = round_robin(4, &[30, 10, 20], &Zones::new(), 3);
         assert_eq!(map[&0], vec![10, 20, 30]);
         assert_eq!(map[&1], vec![20, 30, 10]);
-        assert_eq!(round_robin(2, &[1], 3)[&1], vec![1]);
-        assert!(round_robin(2, &[], 3)[&0].is_empty());
+        assert_eq!(round_robin(2, &[1], &Zones::new(), 3)[&1], vec![1]);
+        assert!(round_robin(2, &[], &Zones::new(), 3)[&0].is_empty());
     }
 
     fn placed(map: BTreeMap<u32, Vec<u64>>, generation: u64) -> BTreeMap<u32, PartitionPlacement> {
@@ -168,8 +204,8 @@ mod tests {
     #[test]
     fn reassign_replaces_the_dead_node_by_the_least_loaded() {
         // 0: [1, 2, 3], 1: [2, 3, 4], 2: [3, 4, 1].
-        let map = placed(round_robin(3, &[1, 2, 3, 4], 3), 4);
-        let changed = reassign(&map, 2, &[1, 3, 4, 5]);
+        let map = placed(round_robin(3, &[1, 2, 3, 4], &Zones::new(), 3), 4);
+        let changed = reassign(&map, 2, &[1, 3, 4, 5], &Zones::new());
         assert_eq!(changed.len(), 2, "partitions 0 and 1 hold node 2: {changed:?}");
         for (partition, change) in &changed {
             assert!(!change.replicas.contains(&2), "{partition}");
@@ -182,26 +218,50 @@ mod tests {
 
     #[test]
     fn reassign_never_drops_a_replica_without_a_replacement() {
-        let map = placed(round_robin(2, &[1, 2, 3], 3), 0);
+        let map = placed(round_robin(2, &[1, 2, 3], &Zones::new(), 3), 0);
         assert!(
-            reassign(&map, 2, &[1, 3]).is_empty(),
+            reassign(&map, 2, &[1, 3], &Zones::new()).is_empty(),
             "no spare node: keep the dead one"
         );
-        assert!(reassign(&map, 2, &[1, 2, 3]).is_empty(), "the dead node is no spare");
+        assert!(
+            reassign(&map, 2, &[1, 2, 3], &Zones::new()).is_empty(),
+            "the dead node is no spare"
+        );
+    }
+
+    #[test]
+    fn replicas_spread_over_zones_and_replacements_keep_them_apart() {
+        let zones: Zones = [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")]
+            .into_iter()
+            .map(|(n, z)| (n, z.to_string()))
+            .collect();
+        let map = round_robin(6, &[1, 2, 3, 4, 5, 6], &zones, 3);
+        for (partition, replicas) in &map {
+            let distinct: BTreeSet<&str> = replicas.iter().map(|r| zone_of(&zones, *r)).collect();
+            assert_eq!(distinct.len(), 3, "partition {partition}: {replicas:?}");
+        }
+        assert_eq!(map[&0], vec![1, 3, 5]);
+        // Partition 0 loses node 3 (zone b): node 4 (zone b) replaces it,
+        // although node 2 carries no more load.
+        let changed = reassign(&placed(map, 0), 3, &[1, 2, 4, 5, 6], &zones);
+        assert_eq!(changed[&0].replicas, vec![1, 4, 5]);
     }
 
     #[test]
     fn reassign_never_moves_a_partition_without_a_live_quorum() {
-        let single = placed(round_robin(2, &[1, 2], 1), 0);
+        let single = placed(round_robin(2, &[1, 2], &Zones::new(), 1), 0);
         assert!(
-            reassign(&single, 1, &[2, 3]).is_empty(),
+            reassign(&single, 1, &[2, 3], &Zones::new()).is_empty(),
             "a single replica's data would be lost"
         );
-        let three = placed(round_robin(1, &[1, 2, 3], 3), 0);
+        let three = placed(round_robin(1, &[1, 2, 3], &Zones::new(), 3), 0);
         assert!(
-            reassign(&three, 1, &[3, 4, 5]).is_empty(),
+            reassign(&three, 1, &[3, 4, 5], &Zones::new()).is_empty(),
             "1 and 2 are both down: no quorum to change membership"
         );
-        assert_eq!(reassign(&three, 1, &[2, 3, 4])[&0].replicas, vec![4, 2, 3]);
+        assert_eq!(
+            reassign(&three, 1, &[2, 3, 4], &Zones::new())[&0].replicas,
+            vec![4, 2, 3]
+        );
     }
 }

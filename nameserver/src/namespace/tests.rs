@@ -223,9 +223,9 @@ fn cluster_map_nodes_and_partitions() {
         QueryResponse::Nodes(vec![node(1, 10, 100), node(2, 20, 200)])
     );
     let placed = |replicas: Vec<u64>, generation| PartitionPlacement { replicas, generation };
-    let map = cluster::round_robin(3, &[1, 2], 2);
+    let map = cluster::round_robin(3, &[1, 2], &cluster::Zones::new(), 2);
     db.ok(Command::SetPartitionMap {
-        changes: cluster::initial_changes(3, &[1, 2], 2),
+        changes: cluster::initial_changes(3, &[1, 2], &cluster::Zones::new(), 2),
     });
     let first: BTreeMap<u32, PartitionPlacement> = map.iter().map(|(p, r)| (*p, placed(r.clone(), 0))).collect();
     assert_eq!(
