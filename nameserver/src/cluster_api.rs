@@ -5,13 +5,13 @@
 //! timeout into the term, so a leader change never declares the whole
 //! cluster dead (which would start a repair storm).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tessera_common::ns_api::{self, ClusterMap, NodeInfo, NsError, PartitionReplicas};
 
-use crate::namespace::{NodeRecord, NodeRole, Query, QueryResponse};
+use crate::namespace::{NodeRecord, NodeRole, PartitionPlacement, Query, QueryResponse};
 use crate::raft::NsGroup;
 
 /// When each node was last heard from, in the current term, and the
@@ -109,15 +109,7 @@ fn node_info(record: NodeRecord, liveness: &Liveness, term: u64) -> NodeInfo {
 /// Answers `ns.cluster_map` on the leader of `term` (callers check
 /// leadership first: only the leader's liveness memory is meaningful).
 pub async fn cluster_map(node: &NsGroup, liveness: &Liveness, term: u64) -> Result<ClusterMap, NsError> {
-    let read = |e: tessera_raft::ProposeError| NsError::Unavailable(e.to_string());
-    let nodes = match node.read_local(Query::ListNodes).await.map_err(read)? {
-        QueryResponse::Nodes(nodes) => nodes,
-        other => return Err(NsError::Internal(format!("unexpected answer {other:?}"))),
-    };
-    let partitions = match node.read_local(Query::PartitionMap).await.map_err(read)? {
-        QueryResponse::PartitionMap(map) => map,
-        other => return Err(NsError::Internal(format!("unexpected answer {other:?}"))),
-    };
+    let (nodes, partitions) = read_nodes_and_partitions(node).await?;
     Ok(ClusterMap {
         nodes: nodes.into_iter().map(|n| node_info(n, liveness, term)).collect(),
         partitions: partitions
@@ -129,6 +121,22 @@ pub async fn cluster_map(node: &NsGroup, liveness: &Liveness, term: u64) -> Resu
             })
             .collect(),
     })
+}
+
+/// The node records and the partition map, as this node applied them.
+pub async fn read_nodes_and_partitions(
+    node: &NsGroup,
+) -> Result<(Vec<NodeRecord>, BTreeMap<u32, PartitionPlacement>), NsError> {
+    let read = |e: tessera_raft::ProposeError| NsError::Unavailable(e.to_string());
+    let nodes = match node.read_local(Query::ListNodes).await.map_err(read)? {
+        QueryResponse::Nodes(nodes) => nodes,
+        other => return Err(NsError::Internal(format!("unexpected answer {other:?}"))),
+    };
+    let partitions = match node.read_local(Query::PartitionMap).await.map_err(read)? {
+        QueryResponse::PartitionMap(map) => map,
+        other => return Err(NsError::Internal(format!("unexpected answer {other:?}"))),
+    };
+    Ok((nodes, partitions))
 }
 
 #[cfg(test)]

@@ -14,10 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster_api::Liveness;
-use crate::namespace::{
-    cluster, Command, NodeRole, PartitionChange, PartitionPlacement, Query, QueryResponse, Response,
-};
+use crate::cluster_api::{read_nodes_and_partitions, Liveness};
+use crate::namespace::{cluster, Command, NodeRole, PartitionChange, PartitionPlacement, Response};
 use crate::raft::NsGroup;
 
 /// What the placer is asked to keep.
@@ -83,14 +81,7 @@ pub async fn run(node: NsGroup, liveness: Arc<Liveness>, settings: PlacementSett
 }
 
 async fn pass(node: &NsGroup, liveness: &Liveness, settings: &PlacementSettings) -> Result<(), String> {
-    let nodes = match node.read_local(Query::ListNodes).await.map_err(|e| e.to_string())? {
-        QueryResponse::Nodes(nodes) => nodes,
-        other => return Err(format!("unexpected answer {other:?}")),
-    };
-    let map = match node.read_local(Query::PartitionMap).await.map_err(|e| e.to_string())? {
-        QueryResponse::PartitionMap(map) => map,
-        other => return Err(format!("unexpected answer {other:?}")),
-    };
+    let (nodes, map) = read_nodes_and_partitions(node).await.map_err(|e| e.to_string())?;
     let term = node.current_term();
     let servers: Vec<ObjServerState> = nodes
         .iter()

@@ -9,8 +9,9 @@
 //!   map's replicas: a new replica is added as a learner first and becomes
 //!   a voter once it caught up (by log or snapshot), then the replaced one
 //!   is removed;
-//! - a hosted partition the map no longer gives this node is stopped and
-//!   its directory deleted: its replicas moved while this node was dead.
+//! - a hosted partition the map no longer gives this node is stopped, and
+//!   every partition directory the map does not give it is deleted: its
+//!   replicas moved while this node was dead.
 //!
 //! Cancellation safe: a pass interrupted between steps is redone by the
 //! next one, and membership changes are idempotent.
@@ -43,39 +44,12 @@ pub struct Hosting {
     pub ns: Arc<NameServerClient<RpcClient>>,
     pub settings: PartitionSettings,
     pub partitions: Partitions,
-    /// Partitions with a membership change in flight (one at a time each).
-    changing: Mutex<BTreeSet<u32>>,
+    /// Partitions with a membership change in flight (one at a time
+    /// each); empty at start.
+    pub(crate) changing: Mutex<BTreeSet<u32>>,
 }
 
 impl Hosting {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        node_id: u64,
-        data_dir: PathBuf,
-        tuning: RaftTuning,
-        client: RpcClient,
-        registry: Arc<Registry<PartitionMachine>>,
-        io: Arc<GroupIo<RpcClient>>,
-        cluster: ClusterView,
-        ns: Arc<NameServerClient<RpcClient>>,
-        settings: PartitionSettings,
-        partitions: Partitions,
-    ) -> Hosting {
-        Hosting {
-            node_id,
-            data_dir,
-            tuning,
-            client,
-            registry,
-            io,
-            cluster,
-            ns,
-            settings,
-            partitions,
-            changing: Mutex::new(BTreeSet::new()),
-        }
-    }
-
     /// Follows the partition map every `interval` until aborted.
     pub async fn run(self: Arc<Self>, interval: Duration) {
         loop {
@@ -139,12 +113,7 @@ impl Hosting {
     async fn start(&self, entry: &PartitionReplicas) -> anyhow::Result<()> {
         let partition = entry.partition;
         let bootstraps = entry.generation == 0 && entry.nodes.first() == Some(&self.node_id);
-        let members = if bootstraps {
-            let members = self.member_addrs(&entry.nodes)?;
-            Some(members)
-        } else {
-            None
-        };
+        let members = bootstraps.then(|| self.member_addrs(&entry.nodes)).transpose()?;
         let options = GroupOptions {
             group: GroupId(u64::from(partition)),
             node_id: self.node_id,
@@ -248,18 +217,12 @@ impl Hosting {
             .map_err(|e| anyhow::anyhow!("changing the voters: {e}"))
     }
 
-    /// Stops a replica the map moved away and deletes its directory.
+    /// Stops a replica the map moved away; the same pass's sweep then
+    /// deletes its directory.
     async fn retire(&self, id: u32) {
-        let Some(partition) = self.partitions.remove(id) else {
-            return;
-        };
-        partition.shutdown().await;
-        let dir = self.partition_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => tracing::warn!(partition = id, dir = %dir.display(), "replica moved away: stopped and deleted"),
-            Err(e) => {
-                tracing::error!(partition = id, dir = %dir.display(), error = %e, "deleting a moved replica failed")
-            }
+        if let Some(partition) = self.partitions.remove(id) {
+            partition.shutdown().await;
+            tracing::warn!(partition = id, "replica moved away: stopped");
         }
     }
 }

@@ -73,28 +73,28 @@ impl ObjServer {
             zone: config.zone.clone(),
         };
         tasks.push(tokio::spawn(ClusterView::announce_loop(ns.clone(), beat, refresh)));
+        let hosting = Arc::new(Hosting {
+            node_id: config.node_id,
+            data_dir: config.data_dir.clone(),
+            tuning: config.raft.clone(),
+            client: client.clone(),
+            registry,
+            io,
+            cluster: cluster.clone(),
+            ns,
+            settings: config.data.partition_settings(),
+            partitions: partitions.clone(),
+            changing: Default::default(),
+        });
+        tasks.push(tokio::spawn(hosting.run(refresh)));
         let node = ObjServer {
             node_id: config.node_id,
             server,
-            client: client.clone(),
-            partitions: partitions.clone(),
-            cluster: cluster.clone(),
-            tasks: std::mem::take(&mut tasks),
-        };
-        let hosting = Arc::new(Hosting::new(
-            config.node_id,
-            config.data_dir.clone(),
-            config.raft.clone(),
-            client.clone(),
-            registry,
-            io,
-            cluster.clone(),
-            ns,
-            config.data.partition_settings(),
+            client,
             partitions,
-        ));
-        let mut node = node;
-        node.tasks.push(tokio::spawn(hosting.run(refresh)));
+            cluster,
+            tasks,
+        };
         tracing::info!(node = config.node_id, addr = %node.addr(), "object server serving");
         Ok(node)
     }
