@@ -64,9 +64,14 @@ impl ObjServer {
             shutdown_grace: Duration::from_secs(1),
             ..RpcServerConfig::default()
         };
-        let server = RpcServer::bind(config.listen, identity, router, server_config)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
+        let server = match RpcServer::bind(config.listen, identity, router, server_config).await {
+            Ok(server) => server,
+            Err(e) => {
+                tasks.iter().for_each(JoinHandle::abort);
+                client.shutdown();
+                return Err(e.context(format!("listening on {}", config.listen)));
+            }
+        };
         let beat = ObjServerHeartbeat {
             node: config.node_id,
             rpc_addr: config.advertise.unwrap_or(server.local_addr()).to_string(),
