@@ -8,7 +8,7 @@ use anyhow::Context;
 use tessera_common::clock::TokioClock;
 use tessera_common::ids::NodeId;
 use tessera_common::pki::NodeIdentity;
-use tessera_common::rpc::{RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use tessera_common::rpc::{Network, RpcClientConfig, RpcServer, RpcServerConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -17,11 +17,13 @@ use crate::file_store::FileChunkStore;
 use crate::heartbeat::{run_heartbeats, HeartbeatIdentity, RpcRegistry};
 use crate::scrub::{run_scrub, CorruptChunks, ScrubConfig};
 use crate::service;
+use crate::store::ChunkStore;
 
 /// A chunk server serving on its port. Stop it with [`ChunkServer::shutdown`].
-pub struct ChunkServer {
+/// Its disks are files ([`FileChunkStore`]) except in the simulator.
+pub struct ChunkServer<S: ChunkStore = FileChunkStore> {
     server: RpcServer,
-    store: Arc<FileChunkStore>,
+    store: Arc<S>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -31,14 +33,28 @@ impl ChunkServer {
     pub async fn start(config: ChunkServerConfig) -> anyhow::Result<Self> {
         let identity = NodeIdentity::load(&config.certs_dir, &config.identity)
             .with_context(|| format!("loading identity {:?}", config.identity))?;
+        Self::start_on(config, Network::Tls(identity)).await
+    }
+
+    /// [`Self::start`] on `network` (the simulator's, or TLS with an
+    /// identity loaded elsewhere); the config's certificates are not read.
+    pub async fn start_on(config: ChunkServerConfig, network: Network) -> anyhow::Result<Self> {
         let store = Arc::new(
             FileChunkStore::open(config.store.clone())
                 .await
                 .context("opening the chunk store")?,
         );
+        ChunkServer::serve_store(config, network, store).await
+    }
+}
+
+impl<S: ChunkStore> ChunkServer<S> {
+    /// Serves `store` (opened by the caller; `config.store` is not read).
+    pub async fn serve_store(config: ChunkServerConfig, network: Network, store: Arc<S>) -> anyhow::Result<Self> {
         let corrupt = CorruptChunks::default();
         let router = service::router(store.clone(), corrupt.clone());
-        let server = RpcServer::bind(config.listen, identity.clone(), router, RpcServerConfig::default())
+        let server = network
+            .serve(config.listen, router, RpcServerConfig::default())
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -55,7 +71,9 @@ impl ChunkServer {
             shutdown_rx.clone(),
         )));
         if !config.name_servers.is_empty() {
-            let client = RpcClient::new(identity, RpcClientConfig::default()).context("creating the RPC client")?;
+            let client = network
+                .client(RpcClientConfig::default())
+                .context("creating the RPC client")?;
             let registry = RpcRegistry::new(client, config.name_servers.clone());
             let heartbeat_identity = HeartbeatIdentity {
                 node: NodeId(config.node_id),
@@ -86,7 +104,7 @@ impl ChunkServer {
         self.server.local_addr()
     }
 
-    pub fn store(&self) -> &Arc<FileChunkStore> {
+    pub fn store(&self) -> &Arc<S> {
         &self.store
     }
 

@@ -56,7 +56,7 @@ pub fn uid_birth(uid: u128) -> u64 {
 /// 64 bits, 64 random non-zero bits below it.
 pub fn mint_uid(birth: u64) -> u128 {
     let low = loop {
-        let low = rand::random::<u64>();
+        let low = crate::rng::random_u64();
         if low != 0 {
             break low;
         }

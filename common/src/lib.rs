@@ -2,6 +2,7 @@
 //! cluster RPC, PKI, clocks and telemetry. Roles talk to each other only
 //! through the wire API defined here.
 
+pub mod blocking;
 pub mod chunk_api;
 pub mod chunk_client;
 pub mod clock;
@@ -11,6 +12,7 @@ pub mod ns_client;
 pub mod os_api;
 pub mod os_client;
 pub mod pki;
+pub mod rng;
 pub mod rpc;
 pub mod signal;
 pub mod telemetry;

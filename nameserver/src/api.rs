@@ -283,7 +283,12 @@ impl Api {
             bucket: req.bucket,
             key: req.key,
         };
-        match self.node.read(query).await.map_err(propose_error)? {
+        let answer = if crate::deliberate_bugs::stale_reads() {
+            self.node.stale_query(query).await
+        } else {
+            self.node.read(query).await
+        };
+        match answer.map_err(propose_error)? {
             QueryResponse::Object(version) => Ok(version.filter(|v| v.kind == VersionKind::Object).map(object_info)),
             QueryResponse::Error(e) => Err(namespace_error(e)),
             other => Err(NsError::Internal(format!("unexpected answer {other:?}"))),

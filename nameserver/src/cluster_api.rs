@@ -7,9 +7,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_common::ns_api::{self, ClusterMap, NodeInfo, NsError, PartitionReplicas};
+use tokio::time::Instant;
 
 use crate::namespace::{NodeRecord, NodeRole, PartitionPlacement, Query, QueryResponse};
 use crate::raft::NsGroup;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cluster_api;
 pub mod config;
 pub mod deleter;
+pub mod deliberate_bugs;
 pub mod guards;
 pub mod keys_api;
 pub mod namespace;

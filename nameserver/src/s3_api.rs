@@ -164,7 +164,11 @@ fn pairs(meta: &[(String, String)]) -> BTreeMap<String, String> {
 }
 
 async fn create_upload(node: &NsGroup, req: CreateUploadReq) -> Result<String, NsError> {
-    let upload_id = format!("{:032x}", rand::random::<u128>());
+    let upload_id = format!(
+        "{:016x}{:016x}",
+        tessera_common::rng::random_u64(),
+        tessera_common::rng::random_u64()
+    );
     let command = Command::CreateUpload {
         bucket: req.bucket,
         key: req.key,

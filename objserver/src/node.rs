@@ -11,7 +11,7 @@ use anyhow::Context;
 use tessera_common::ns_api::ObjServerHeartbeat;
 use tessera_common::ns_client::{NameServerClient, NsClientConfig};
 use tessera_common::pki::NodeIdentity;
-use tessera_common::rpc::{Router, RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use tessera_common::rpc::{Network, Router, RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
 use tessera_raft::Registry;
 use tokio::task::JoinHandle;
 
@@ -40,7 +40,16 @@ impl ObjServer {
         config.validate()?;
         let identity = NodeIdentity::load(&config.certs_dir, &config.identity)
             .with_context(|| format!("loading identity {:?}", config.identity))?;
-        let client = RpcClient::new(identity.clone(), RpcClientConfig::default()).context("creating the RPC client")?;
+        Self::start_on(config, Network::Tls(identity)).await
+    }
+
+    /// [`Self::start`] on `network` (the simulator's, or TLS with an
+    /// identity loaded elsewhere); the config's certificates are not read.
+    pub async fn start_on(config: ObjServerConfig, network: Network) -> anyhow::Result<ObjServer> {
+        config.validate()?;
+        let client = network
+            .client(RpcClientConfig::default())
+            .context("creating the RPC client")?;
         let ns = Arc::new(NameServerClient::new(
             client.clone(),
             config.nameservers.clone(),
@@ -64,7 +73,7 @@ impl ObjServer {
             shutdown_grace: Duration::from_secs(1),
             ..RpcServerConfig::default()
         };
-        let server = match RpcServer::bind(config.listen, identity, router, server_config).await {
+        let server = match network.serve(config.listen, router, server_config).await {
             Ok(server) => server,
             Err(e) => {
                 tasks.iter().for_each(JoinHandle::abort);

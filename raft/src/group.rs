@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -19,6 +19,7 @@ use rocksdb::DB;
 use tessera_common::rpc::RpcClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::log_store::LogStore;
 use crate::machine::metric;

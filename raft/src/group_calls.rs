@@ -128,7 +128,7 @@ impl<S: StateMachine> GroupHandle<S> {
     /// leadership check: possibly stale. For diagnostics and tests.
     pub async fn stale_query(&self, query: S::Query) -> Result<S::QueryResponse, ProposeError> {
         let db = self.inner.db.clone();
-        match tokio::task::spawn_blocking(move || S::query(&db, &query)).await {
+        match tessera_common::blocking::run(move || S::query(&db, &query)).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(ProposeError::Storage(e.to_string())),
             Err(e) => Err(ProposeError::Storage(format!("read task failed: {e}"))),

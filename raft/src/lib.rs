@@ -32,6 +32,7 @@ pub mod log_store;
 pub mod machine;
 pub mod network;
 pub mod registry;
+pub mod runtime;
 pub mod service;
 pub mod snapshot_file;
 pub mod snapshot_store;

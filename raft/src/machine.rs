@@ -149,7 +149,7 @@ impl<S: StateMachine> openraft::RaftTypeConfig for TypeConfig<S> {
     type Node = Member;
     type Entry = openraft::Entry<TypeConfig<S>>;
     type SnapshotData = tokio::fs::File;
-    type AsyncRuntime = openraft::TokioRuntime;
+    type AsyncRuntime = crate::runtime::Runtime;
     type Responder = openraft::impls::OneshotResponder<TypeConfig<S>>;
 }
 

@@ -121,14 +121,14 @@ pub fn synced() -> rocksdb::WriteOptions {
     options
 }
 
-/// Runs `f` on the blocking pool and waits for it. A panic or cancellation of
+/// Runs `f` on the blocking pool (see [`tessera_common::blocking`]) and waits for it. A panic or cancellation of
 /// the blocking task becomes a storage error (the node stops).
 pub async fn blocking<T, F>(f: F) -> Result<T, StorageError>
 where
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
+    match tessera_common::blocking::run(f).await {
         Ok(result) => result,
         Err(join) => Err(store_error(ErrorVerb::Write, AnyError::new(&join))),
     }

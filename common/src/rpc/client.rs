@@ -30,6 +30,7 @@ use tokio::time::Instant as TokioInstant;
 use tokio_rustls::client::TlsStream;
 use tracing::Instrument;
 
+use super::custom::{CustomCall, CustomNetwork};
 use super::frame::{self, Frame};
 use super::{CallOptions, RawResponse, RpcError, Transport};
 use crate::pki::{self, NodeIdentity};
@@ -170,7 +171,13 @@ impl Default for RpcClientConfig {
 /// Cheap to clone; connections are shared and reused.
 #[derive(Clone)]
 pub struct RpcClient {
-    inner: Arc<ClientInner>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Quic(Arc<ClientInner>),
+    Custom(Arc<dyn CustomNetwork>),
 }
 
 type QuicSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
@@ -199,30 +206,41 @@ impl RpcClient {
         let mut endpoint = client_endpoint(&config.quic)?;
         endpoint.set_default_client_config(client_config);
         Ok(RpcClient {
-            inner: Arc::new(ClientInner {
+            backend: Backend::Quic(Arc::new(ClientInner {
                 endpoint,
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
                 config,
                 quic_conns: Mutex::new(HashMap::new()),
                 tcp_idle: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
-            }),
+            })),
         })
     }
 
+    /// A client whose calls go over `network` (see [`super::Network`]).
+    pub fn custom(network: Arc<dyn CustomNetwork>) -> Self {
+        RpcClient {
+            backend: Backend::Custom(network),
+        }
+    }
+
     /// Closes every connection; calls in flight fail, later calls fail with
-    /// [`RpcError::Connect`].
+    /// [`RpcError::Connect`]. A custom network's client has none to close.
     pub fn shutdown(&self) {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        self.inner.endpoint.close(VarInt::from_u32(0), b"client shutdown");
-        lock(&self.inner.quic_conns).clear();
-        lock(&self.inner.tcp_idle).clear();
+        let Backend::Quic(inner) = &self.backend else { return };
+        inner.closed.store(true, Ordering::SeqCst);
+        inner.endpoint.close(VarInt::from_u32(0), b"client shutdown");
+        lock(&inner.quic_conns).clear();
+        lock(&inner.tcp_idle).clear();
     }
 
     /// Statistics of the cached QUIC connection to `peer`, if there is one
     /// (for diagnostics and benchmarks).
     pub fn quic_stats(&self, peer: SocketAddr) -> Option<quinn::ConnectionStats> {
-        let slot = lock(&self.inner.quic_conns).get(&peer)?.clone();
+        let Backend::Quic(inner) = &self.backend else {
+            return None;
+        };
+        let slot = lock(&inner.quic_conns).get(&peer)?.clone();
         let cached = slot.try_lock().ok()?;
         cached.as_ref().map(quinn::Connection::stats)
     }
@@ -230,7 +248,8 @@ impl RpcClient {
     /// Idle data-channel connections pooled for `peer` (for tests and
     /// diagnostics).
     pub fn idle_data_connections(&self, peer: SocketAddr) -> usize {
-        lock(&self.inner.tcp_idle).get(&peer).map_or(0, Vec::len)
+        let Backend::Quic(inner) = &self.backend else { return 0 };
+        lock(&inner.tcp_idle).get(&peer).map_or(0, Vec::len)
     }
 }
 
@@ -257,21 +276,39 @@ impl Transport for RpcClient {
         bulk: Bytes,
         opts: &CallOptions,
     ) -> Result<RawResponse, RpcError> {
-        let request_id = rand::random::<u64>().max(1);
-        let data_channel = bulk.len() >= self.inner.config.bulk_threshold_bytes || opts.prefer_bulk_channel;
-        let channel = if data_channel { "tcp" } else { "quic" };
-        let span = tracing::debug_span!("rpc_call", method, request_id, %peer, channel);
-        let started = Instant::now();
-        let result = self
-            .inner
-            .attempt(peer, method, request_id, body, bulk, opts, data_channel)
-            .instrument(span.clone())
-            .await;
+        let request_id = crate::rng::random_u64().max(1);
+        let (channel, result, started) = match &self.backend {
+            Backend::Quic(inner) => {
+                let data_channel = bulk.len() >= inner.config.bulk_threshold_bytes || opts.prefer_bulk_channel;
+                let channel = if data_channel { "tcp" } else { "quic" };
+                let span = tracing::debug_span!("rpc_call", method, request_id, %peer, channel);
+                let started = Instant::now();
+                let result = inner
+                    .attempt(peer, method, request_id, body, bulk, opts, data_channel)
+                    .instrument(span.clone())
+                    .await;
+                (channel, result, started)
+            }
+            Backend::Custom(network) => {
+                let call = CustomCall {
+                    peer,
+                    method,
+                    request_id,
+                    body,
+                    bulk,
+                    timeout: opts.timeout,
+                };
+                let span = tracing::debug_span!("rpc_call", method, request_id, %peer, channel = "custom");
+                let started = Instant::now();
+                let result = network.call(call).instrument(span).await;
+                ("custom", result, started)
+            }
+        };
         let outcome = outcome_label(&result);
         metrics::counter!("rpc_client_calls_total", "method" => method, "outcome" => outcome).increment(1);
         metrics::histogram!("rpc_client_seconds", "method" => method).record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
-            span.in_scope(|| tracing::debug!(error = %e, "call failed"));
+            tracing::debug!(method, request_id, %peer, channel, error = %e, "call failed");
         }
         result
     }

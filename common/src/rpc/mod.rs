@@ -25,6 +25,7 @@ macro_rules! rpc_method {
 pub(crate) use rpc_method;
 
 pub mod client;
+pub mod custom;
 pub mod frame;
 pub mod router;
 pub mod server;
@@ -37,6 +38,7 @@ use bytes::Bytes;
 use crate::wire::{CallStatus, Wire, WireError};
 
 pub use client::{RpcClient, RpcClientConfig};
+pub use custom::{CustomCall, CustomNetwork, CustomServer, Network};
 pub use router::{RequestCtx, Router};
 pub use server::{RpcServer, RpcServerConfig};
 
@@ -95,7 +97,8 @@ impl RpcError {
         matches!(self, RpcError::Connect { .. })
     }
 
-    pub(crate) fn from_status(status: CallStatus) -> Option<RpcError> {
+    /// The error a response status stands for (`None` for `Ok`).
+    pub fn from_status(status: CallStatus) -> Option<RpcError> {
         match status {
             CallStatus::Ok => None,
             CallStatus::UnknownMethod => Some(RpcError::UnknownMethod(String::new())),
@@ -181,7 +184,7 @@ pub async fn call<M: Method, T: Transport>(
                 attempt += 1;
                 metrics::counter!("rpc_client_retries_total", "method" => M::NAME).increment(1);
                 tracing::debug!(method = M::NAME, %peer, attempt, error = %e, "retrying call");
-                let jitter_ms = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
+                let jitter_ms = crate::rng::below(backoff.as_millis() as u64 + 1);
                 tokio::time::sleep(backoff + Duration::from_millis(jitter_ms)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

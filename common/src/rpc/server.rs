@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::QuicTuning;
+use super::custom::CustomServer;
 use super::frame::{self, Frame, PREFIX_BYTES};
 use super::router::{error_reply, Reply};
 use super::{RequestCtx, Router, RpcError};
@@ -74,6 +75,16 @@ impl Default for RpcServerConfig {
 
 pub struct RpcServer {
     local_addr: SocketAddr,
+    kind: ServerKind,
+}
+
+enum ServerKind {
+    Quic(QuicServer),
+    /// Taken by `shutdown`.
+    Custom(Option<Box<dyn CustomServer>>),
+}
+
+struct QuicServer {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -124,10 +135,20 @@ impl RpcServer {
         tracing::info!(addr = %local_addr, node = %identity.name, "RPC server listening (QUIC + TCP data channel)");
         Ok(RpcServer {
             local_addr,
-            endpoint,
-            shared,
-            accept_tasks,
+            kind: ServerKind::Quic(QuicServer {
+                endpoint,
+                shared,
+                accept_tasks,
+            }),
         })
+    }
+
+    /// A server on a custom network (see [`super::Network`]).
+    pub fn custom(server: Box<dyn CustomServer>) -> Self {
+        RpcServer {
+            local_addr: server.local_addr(),
+            kind: ServerKind::Custom(Some(server)),
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -136,6 +157,19 @@ impl RpcServer {
 
     /// Stops accepting, lets calls in flight finish within the grace period.
     pub async fn shutdown(mut self) {
+        match &mut self.kind {
+            ServerKind::Quic(quic) => quic.shutdown(self.local_addr).await,
+            ServerKind::Custom(server) => {
+                if let Some(server) = server.take() {
+                    server.shutdown().await;
+                }
+            }
+        }
+    }
+}
+
+impl QuicServer {
+    async fn shutdown(&mut self, local_addr: SocketAddr) {
         let shared = self.shared.clone();
         shared.stopping.cancel();
         shared.calls.close();
@@ -143,7 +177,7 @@ impl RpcServer {
             .await
             .is_err()
         {
-            tracing::warn!(addr = %self.local_addr, calls = shared.calls.len(), "shutdown grace over, abandoning calls");
+            tracing::warn!(addr = %local_addr, calls = shared.calls.len(), "shutdown grace over, abandoning calls");
         }
         shared.closing.cancel();
         self.endpoint
@@ -159,11 +193,11 @@ impl RpcServer {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle()).await;
         // Abandoned calls notice `closing` at their next await point.
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, shared.calls.wait()).await;
-        tracing::info!(addr = %self.local_addr, "RPC server stopped");
+        tracing::info!(addr = %local_addr, "RPC server stopped");
     }
 }
 
-impl Drop for RpcServer {
+impl Drop for QuicServer {
     fn drop(&mut self) {
         // Without a `shutdown`, stop at once.
         self.shared.stopping.cancel();

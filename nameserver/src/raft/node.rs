@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tessera_common::pki::NodeIdentity;
-use tessera_common::rpc::{Router, RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
+use tessera_common::rpc::{Network, Router, RpcClient, RpcClientConfig, RpcServer, RpcServerConfig};
 use tessera_raft::{GroupOptions, RaftGroup, Registry};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,7 +39,16 @@ impl RaftNode {
         config.validate()?;
         let identity = NodeIdentity::load(&config.certs_dir, &config.identity)
             .with_context(|| format!("loading identity {:?}", config.identity))?;
-        let client = RpcClient::new(identity.clone(), RpcClientConfig::default()).context("creating the RPC client")?;
+        Self::start_on(config, Network::Tls(identity)).await
+    }
+
+    /// [`Self::start`] on `network` (the simulator's, or TLS with an
+    /// identity loaded elsewhere); the config's certificates are not read.
+    pub async fn start_on(config: NameServerConfig, network: Network) -> anyhow::Result<RaftNode> {
+        config.validate()?;
+        let client = network
+            .client(RpcClientConfig::default())
+            .context("creating the RPC client")?;
         let registry = Arc::new(Registry::<Namespace>::new());
         let options = GroupOptions {
             group: GROUP,
@@ -83,7 +92,7 @@ impl RaftNode {
             shutdown_grace: Duration::from_secs(1),
             ..RpcServerConfig::default()
         };
-        let server = match RpcServer::bind(config.listen, identity, router, server_config).await {
+        let server = match network.serve(config.listen, router, server_config).await {
             Ok(server) => server,
             Err(e) => {
                 api_task.abort();

@@ -1,0 +1,10 @@
+//! Deterministic simulation of a Tessera cluster (issue 7): the real node
+//! code under turmoil, one thread, one seed.
+
+pub mod chunks;
+pub mod cluster;
+pub mod nemesis;
+pub mod net;
+pub mod observer;
+pub mod run;
+pub mod workload;

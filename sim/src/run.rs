@@ -1,0 +1,293 @@
+//! One simulated run from one seed: three name servers and a client host
+//! under turmoil on this thread, node logic drawing from a generator seeded
+//! with the seed, RocksDB calls run in place, faults from the seed, the
+//! invariants of [`crate::observer`] checked after every step, and the
+//! history checked for linearizability at the end.
+//!
+//! The seed decides everything that varies: turmoil's message latencies,
+//! Raft's election timeouts, uids and retry jitter, the workload and the
+//! faults. The same seed gives the same history ([`SeedReport::digest`]).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tessera_common::ns_api::{NsError, StoragePolicy};
+use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
+use tessera_common::rpc::RpcClient;
+use tessera_jepsen::{check_events, CheckOptions, CheckResult, Event, Register};
+
+use crate::cluster::{self, host_name, NAME_SERVERS};
+use crate::nemesis::{Nemesis, LATENCY_MAX};
+use crate::net::TurmoilNetwork;
+use crate::observer::Observer;
+use crate::workload::{self, History, Tally, BUCKET};
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Simulated time the clients run.
+    pub workload: Duration,
+    pub clients: u64,
+    /// Turn on [`tessera_nameserver::deliberate_bugs::set_stale_reads`].
+    pub stale_reads_bug: bool,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            workload: Duration::from_secs(20),
+            clients: 4,
+            stale_reads_bug: false,
+        }
+    }
+}
+
+/// A run that held every invariant.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub tally: Tally,
+    pub faults: usize,
+    pub elections_won: usize,
+    pub applied_max: u64,
+    /// blake3 of the history without wall-clock times: equal for equal runs.
+    pub digest: String,
+    pub simulated: Duration,
+    pub wall: Duration,
+}
+
+impl fmt::Display for SeedReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {}: ok {} fail {} info {}, {} faults, {} elections won, applied {}, {:?} simulated in {:?}, history {}",
+            self.seed,
+            self.tally.ok,
+            self.tally.fail,
+            self.tally.info,
+            self.faults,
+            self.elections_won,
+            self.applied_max,
+            self.simulated,
+            self.wall,
+            &self.digest[..16]
+        )
+    }
+}
+
+/// A run that broke an invariant or could not run.
+#[derive(Clone, Debug)]
+pub struct SimFailure {
+    pub seed: u64,
+    pub reason: String,
+    /// The faults, with simulated times.
+    pub faults: Vec<String>,
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {} failed: {}", self.seed, self.reason)?;
+        writeln!(f, "faults: {}", self.faults.join("; "))?;
+        write!(
+            f,
+            "replay: TESSERA_SIM_SEED={} cargo test --workspace --test seeds -- replay",
+            self.seed
+        )
+    }
+}
+
+impl std::error::Error for SimFailure {}
+
+/// Runs one seed on this thread.
+pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
+    let _thread = ThreadSetup::enter(options);
+    let started = Instant::now();
+    let seed = options.seed;
+    let fail = |reason: String, faults: Vec<String>| SimFailure { seed, reason, faults };
+    let data = data_dir().map_err(|e| fail(format!("creating a data directory: {e}"), Vec::new()))?;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(options.workload + Duration::from_secs(60))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(LATENCY_MAX)
+        .build();
+    let members: Vec<(u64, IpAddr)> = (1..=NAME_SERVERS).map(|id| (id, sim.lookup(host_name(id)))).collect();
+    let observer = Observer::default();
+    let network = TurmoilNetwork::default();
+    for (id, _) in &members {
+        let config =
+            cluster::name_server_config(*id, &members, data.path()).map_err(|e| fail(format!("{e:#}"), Vec::new()))?;
+        let (observer, network) = (observer.clone(), network.clone());
+        sim.host(host_name(*id), move || {
+            cluster::name_server(config.clone(), network.clone(), observer.clone())
+        });
+    }
+    let history = History::default();
+    let finished: Arc<Mutex<Option<Result<(), String>>>> = Arc::default();
+    sim.client(
+        "client",
+        clients(
+            options.clone(),
+            network.clone(),
+            cluster::addresses(&members),
+            history.clone(),
+            finished.clone(),
+        ),
+    );
+    let mut nemesis = Nemesis::new(
+        seed,
+        network,
+        Duration::from_secs(2),
+        options.workload.saturating_sub(Duration::from_secs(3)),
+    );
+    loop {
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return Err(fail(format!("the simulation failed: {e}"), nemesis.log)),
+        }
+        let now = sim.elapsed();
+        nemesis.step(&mut sim, now, observer.leader());
+        let violations = observer.violations();
+        if !violations.is_empty() {
+            return Err(fail(violations.join("; "), nemesis.log));
+        }
+    }
+    nemesis.heal_all(&mut sim);
+    let simulated = sim.elapsed();
+    drop(sim);
+    if let Some(Err(e)) = finished.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(fail(e, nemesis.log));
+    }
+    let events = history.events();
+    check_linearizable(&events).map_err(|reason| fail(reason, nemesis.log.clone()))?;
+    Ok(SeedReport {
+        seed,
+        tally: Tally::of(&events),
+        faults: nemesis.faults(),
+        elections_won: observer.elections_won(),
+        applied_max: observer.applied_max(),
+        digest: digest(&events),
+        simulated,
+        wall: started.elapsed(),
+    })
+}
+
+/// The client host: creates the bucket, then runs the client processes
+/// until the workload time is over.
+async fn clients(
+    options: SimOptions,
+    network: TurmoilNetwork,
+    addresses: Vec<std::net::SocketAddr>,
+    history: History,
+    finished: Arc<Mutex<Option<Result<(), String>>>>,
+) -> turmoil::Result {
+    let client = || {
+        let config = NsClientConfig {
+            timeout: Duration::from_secs(1),
+            max_attempts: 6,
+            backoff: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(400),
+        };
+        NameServerClient::new(RpcClient::custom(network.handle()), addresses.clone(), config)
+    };
+    let outcome = create_bucket(&client()).await;
+    if outcome.is_ok() {
+        let uids = Arc::new(AtomicU64::new(1));
+        let mut processes = tokio::task::JoinSet::new();
+        for process in 0..options.clients {
+            processes.spawn(workload::client_loop(
+                client(),
+                history.clone(),
+                process,
+                options.seed.wrapping_mul(31).wrapping_add(process),
+                uids.clone(),
+                options.workload,
+            ));
+        }
+        while processes.join_next().await.is_some() {}
+    }
+    *finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+    Ok(())
+}
+
+async fn create_bucket(client: &NameServerClient<RpcClient>) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match client
+            .create_bucket(BUCKET, "sim", StoragePolicy::Replicated { n: 3 })
+            .await
+        {
+            Ok(()) | Err(NsCallError::Ns(NsError::BucketExists)) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("the bucket could not be created: {last}"))
+}
+
+fn check_linearizable(events: &[Event]) -> Result<(), String> {
+    let options = CheckOptions {
+        time_limit: Some(Duration::from_secs(30)),
+        ..CheckOptions::default()
+    };
+    let report = check_events(&Register, events, &options).map_err(|e| format!("history unreadable: {e}"))?;
+    match report.result {
+        CheckResult::Linearizable => Ok(()),
+        CheckResult::NotLinearizable(failure) => Err(format!("not linearizable: {failure}")),
+        CheckResult::Unknown { keys, reason } => Err(format!("linearizability undecided on {keys:?}: {reason}")),
+    }
+}
+
+/// The nodes' RocksDB directories: in RAM when /dev/shm exists, since a
+/// real disk's fsyncs would only slow the simulation down.
+fn data_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = std::path::Path::new("/dev/shm");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("tessera-sim-");
+    if shm.is_dir() {
+        if let Ok(dir) = builder.tempdir_in(shm) {
+            return Ok(dir);
+        }
+    }
+    builder.tempdir()
+}
+
+/// blake3 of the events without their wall-clock times.
+pub fn digest(events: &[Event]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for event in events {
+        let mut event = event.clone();
+        event.time = None;
+        let line = serde_json::to_string(&event).unwrap_or_default();
+        hasher.update(line.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// The thread-local settings of a run, undone when it ends.
+struct ThreadSetup;
+
+impl ThreadSetup {
+    fn enter(options: &SimOptions) -> ThreadSetup {
+        tessera_common::rng::seed_thread(options.seed);
+        tessera_common::blocking::inline_on_this_thread(true);
+        tessera_nameserver::deliberate_bugs::set_stale_reads(options.stale_reads_bug);
+        ThreadSetup
+    }
+}
+
+impl Drop for ThreadSetup {
+    fn drop(&mut self) {
+        tessera_common::rng::unseed_thread();
+        tessera_common::blocking::inline_on_this_thread(false);
+        tessera_nameserver::deliberate_bugs::set_stale_reads(false);
+    }
+}
