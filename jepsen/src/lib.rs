@@ -10,6 +10,8 @@
 //!   register, set and multipart workloads through the real S3 API;
 //! * [`run`]: one scenario from start to verdict, [`plot`] its SVG, and
 //!   [`smoke`] the matrix CI runs;
+//! * [`ns_register`]: the register workload over the name-server client
+//!   (the name-server fault test and `tessera-sim` run it);
 //! * [`sim`]: a reference concurrent simulation producing linearizable
 //!   histories, for tests and throughput measurements.
 //!
@@ -32,6 +34,7 @@ pub mod checker;
 pub mod control;
 pub mod history;
 pub mod nemesis;
+pub mod ns_register;
 pub mod plot;
 pub mod run;
 pub mod s3ops;

@@ -47,17 +47,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tessera_common::ns_api::{
-    AdminMembers, CommitCondition, CommitNameReq, CommitOk, DeleteOk, MembersReq, NsError, ObjectInfo, StoragePolicy,
-};
+use tessera_common::ns_api::{AdminMembers, MembersReq, NsError, ObjectInfo, StoragePolicy};
 use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
 use tessera_common::pki::{init_cluster, NodeIdentity};
-use tessera_common::rpc::{self, CallOptions, RpcClient, RpcClientConfig, RpcError};
+use tessera_common::rpc::{self, CallOptions, RpcClient, RpcClientConfig};
 use tessera_jepsen::checker::KeyOutcome;
 use tessera_jepsen::history::PRECONDITION_FAILED;
+use tessera_jepsen::ns_register::{read_outcome, run_op, write_outcome, Done, History, Op, Target};
 use tessera_jepsen::{
-    check_events, pair, write_jsonl, CheckOptions, CheckResult, Event, EventType, Func, Outcome, Recorder, Register,
-    Report,
+    check_events, pair, write_jsonl, CheckOptions, CheckResult, Event, EventType, Func, Outcome, Register, Report,
 };
 use tessera_nameserver::config::NameServerConfig;
 
@@ -119,165 +117,13 @@ fn check_options() -> CheckOptions {
 }
 
 // ---------------------------------------------------------------------------
-// Recording: one code path for the cluster test and the synthetic history.
+// Recording: one code path (`tessera_jepsen::ns_register`) for the cluster
+// test, the synthetic history and the simulator.
 
-/// How an operation ended, as the history records it.
-#[derive(Clone, Debug, PartialEq)]
-enum Done {
-    /// Took effect; the completion's value (a read's result).
-    Ok(Value),
-    /// Definitely did not take effect; the error text.
-    Fail(String),
-    /// Unknown outcome; why.
-    Info(String),
-}
-
-/// Records operations of client processes in one shared [`Recorder`]: the
-/// order of the calls is the history's order.
-#[derive(Clone)]
-struct History {
-    recorder: Arc<Recorder>,
-}
-
-impl History {
-    fn new() -> History {
-        History {
-            recorder: Arc::new(Recorder::new()),
-        }
-    }
-
-    /// Call right before the first request of the operation is sent.
-    fn invoke(&self, process: u64, f: Func, key: &str, value: Value) {
-        self.recorder
-            .record(Event::new(EventType::Invoke, process, f, key, value));
-    }
-
-    /// Call right after the last answer of the operation arrived.
-    fn complete(&self, process: u64, f: Func, key: &str, input: Value, done: Done) {
-        let event = match done {
-            Done::Ok(value) => Event::new(EventType::Ok, process, f, key, value),
-            Done::Fail(error) => Event::new(EventType::Fail, process, f, key, input).with_error(error),
-            Done::Info(error) => Event::new(EventType::Info, process, f, key, input).with_error(error),
-        };
-        self.recorder.record(event);
-    }
-
-    fn events(&self) -> Vec<Event> {
-        self.recorder.events()
-    }
-}
-
-/// A refusal after which the call surely did not take effect.
-fn definite_refusal(e: &NsError) -> bool {
-    matches!(
-        e,
-        NsError::NotLeader { .. }
-            | NsError::NoGuard
-            | NsError::GuardExpired
-            | NsError::TooManyGuards
-            | NsError::UidReaped
-            | NsError::NoSuchBucket
-            | NsError::InvalidKey
-            | NsError::PreconditionFailed
-    )
-}
-
-/// The outcome of a write-like call (`create_guard`, `commit_name`,
-/// `delete_name`).
-fn write_outcome<T>(result: &Result<T, NsCallError>) -> Done {
-    match result {
-        Ok(_) => Done::Ok(Value::Null),
-        Err(NsCallError::Ns(NsError::PreconditionFailed)) => Done::Fail(PRECONDITION_FAILED.to_string()),
-        Err(NsCallError::Ns(e)) if definite_refusal(e) => Done::Fail(e.to_string()),
-        // The client returns NoLeader for a non-idempotent call only when no
-        // attempt could have executed it.
-        Err(e @ NsCallError::NoLeader { .. }) => Done::Fail(e.to_string()),
-        Err(NsCallError::Rpc(e @ (RpcError::UnknownMethod(_) | RpcError::BadRequest(_) | RpcError::Version(_)))) => {
-            Done::Fail(e.to_string())
-        }
-        Err(e) => Done::Info(e.to_string()),
-    }
-}
-
-/// The outcome of a read: the uid seen (`null`: absent); any error leaves
-/// it unknown (the checker drops unknown reads).
-fn read_outcome(result: &Result<Option<ObjectInfo>, NsCallError>) -> Done {
-    match result {
-        Ok(Some(info)) => Done::Ok(uid_value(info.uid)),
-        Ok(None) => Done::Ok(Value::Null),
-        Err(e) => Done::Info(e.to_string()),
-    }
-}
-
-fn uid_value(uid: u128) -> Value {
-    match u64::try_from(uid) {
-        Ok(n) => json!(n),
-        Err(_) => json!(uid.to_string()),
-    }
-}
-
-/// What a client asks.
-#[derive(Clone, Copy, Debug)]
-enum Op {
-    Read,
-    Write(u64),
-    Create(u64),
-    Delete,
-}
-
-fn commit_req(key: &str, uid: u64, condition: CommitCondition) -> CommitNameReq {
-    CommitNameReq {
-        bucket: BUCKET.into(),
-        key: key.into(),
-        uid: u128::from(uid),
-        size: 1,
-        etag: format!("etag-{uid}"),
-        content_type: None,
-        user_meta: Vec::new(),
-        system_meta: Vec::new(),
-        partition: 0,
-        condition,
-    }
-}
-
-/// Runs one operation against the name servers and records it.
-async fn run_op(client: &NameServerClient<RpcClient>, history: &History, process: u64, key: &str, op: Op) -> Done {
-    let (f, input) = match op {
-        Op::Read => (Func::Read, Value::Null),
-        Op::Write(uid) => (Func::Write, json!(uid)),
-        Op::Create(uid) => (Func::Create, json!(uid)),
-        Op::Delete => (Func::Delete, Value::Null),
-    };
-    history.invoke(process, f, key, input.clone());
-    let done = match op {
-        Op::Read => read_outcome(&client.get_object(BUCKET, key).await),
-        Op::Write(uid) | Op::Create(uid) => {
-            let condition = match op {
-                Op::Create(_) => CommitCondition::IfNoneMatch,
-                _ => CommitCondition::None,
-            };
-            let guard = client.create_guard(BUCKET, key, u128::from(uid), GUARD_TTL).await;
-            match guard {
-                // No guard: the commit is never sent, the write never happens.
-                Err(e) => Done::Fail(format!("create_guard: {e}")),
-                Ok(()) => {
-                    let result: Result<CommitOk, NsCallError> =
-                        client.commit_name(&commit_req(key, uid, condition)).await;
-                    match write_outcome(&result) {
-                        Done::Ok(_) => Done::Ok(input.clone()),
-                        other => other,
-                    }
-                }
-            }
-        }
-        Op::Delete => {
-            let result: Result<DeleteOk, NsCallError> = client.delete_name(BUCKET, key).await;
-            write_outcome(&result)
-        }
-    };
-    history.complete(process, f, key, input, done.clone());
-    done
-}
+const TARGET: Target<'static> = Target {
+    bucket: BUCKET,
+    guard_ttl: GUARD_TTL,
+};
 
 // ---------------------------------------------------------------------------
 // The cluster.
@@ -698,7 +544,7 @@ async fn client_loop(
             13..=16 => Op::Create(uids.fetch_add(1, Ordering::SeqCst)),
             _ => Op::Delete,
         };
-        let done = run_op(&client, &history, process, key, op).await;
+        let done = run_op(&client, &history, TARGET, process, key, op).await;
         tally.add(&done);
     }
     tally
@@ -857,7 +703,7 @@ async fn ns_commit_get_delete_is_linearizable_while_leaders_are_killed() {
         panic!("no leader within {WAIT:?} after healing: {why}");
     }
     for key in KEYS {
-        let done = run_op(&setup, &history, CLIENTS, key, Op::Read).await;
+        let done = run_op(&setup, &history, TARGET, CLIENTS, key, Op::Read).await;
         tally.add(&done);
     }
     cluster.kill_all().await;

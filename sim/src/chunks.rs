@@ -21,6 +21,10 @@ use tessera_chunkserver::store::{ChunkStore, ScrubReport};
 use tessera_common::chunk_api::{ChunkError, ChunkInfo, DiskStatus};
 use tessera_common::ids::{ChunkId, Epoch};
 
+/// With the deliberate bug on, when acknowledged records are synced after
+/// all (the kernel writes dirty pages back within seconds).
+const BUGGY_WRITEBACK_DELAY: Duration = Duration::from_secs(5);
+
 /// Limits and timing of one simulated disk.
 #[derive(Clone, Debug)]
 pub struct MemStoreConfig {
@@ -236,8 +240,12 @@ impl MemChunkStore {
     /// crash before the fsync returned would.
     async fn sync(&self, chunk: ChunkId, records: usize) {
         if self.ack_before_sync.load(Ordering::Relaxed) {
+            // As the kernel's writeback would: much later.
             let store = self.clone();
-            tokio::spawn(async move { store.sync_now(chunk, records).await });
+            tokio::spawn(async move {
+                tokio::time::sleep(BUGGY_WRITEBACK_DELAY).await;
+                store.sync_now(chunk, records).await
+            });
             return;
         }
         self.sync_now(chunk, records).await;

@@ -30,7 +30,14 @@ pub fn host_name(node: u64) -> String {
 }
 
 /// The configuration of name server `node` of `members`.
-pub fn name_server_config(node: u64, members: &[(u64, IpAddr)], data_root: &Path) -> anyhow::Result<NameServerConfig> {
+/// With `storage`, the name servers place partitions on three object
+/// servers and judge liveness quickly.
+pub fn name_server_config(
+    node: u64,
+    members: &[(u64, IpAddr)],
+    data_root: &Path,
+    storage: bool,
+) -> anyhow::Result<NameServerConfig> {
     let ip = members
         .iter()
         .find(|(id, _)| *id == node)
@@ -46,6 +53,12 @@ pub fn name_server_config(node: u64, members: &[(u64, IpAddr)], data_root: &Path
         data_dir.display(),
         host_name(node),
     );
+    if storage {
+        text.push_str(
+            "\n[cluster]\npartitions = 2\npartition_replicas = 3\nheartbeat_interval_ms = 250\n\
+             node_liveness_timeout_ms = 2000\ndelete_handoff_interval_ms = 250\nreplica_replace_after_ms = 5000\n",
+        );
+    }
     for (id, ip) in members {
         let _ = write!(
             text,

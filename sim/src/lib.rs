@@ -5,6 +5,8 @@ pub mod chunks;
 pub mod cluster;
 pub mod nemesis;
 pub mod net;
+pub mod objects;
 pub mod observer;
 pub mod run;
+pub mod storage;
 pub mod workload;

@@ -6,6 +6,7 @@
 //! tessera-sim --first 1 --seeds 100     # seeds 1..=100
 //! tessera-sim --minutes 30              # random seeds for 30 minutes
 //! tessera-sim --minutes 5 --stale-reads-bug   # how fast the bug is caught
+//! tessera-sim --whole-cluster --seeds 10       # with object and chunk servers
 //! ```
 
 use std::process::ExitCode;
@@ -29,12 +30,24 @@ struct Args {
     /// Run random seeds until this many minutes have passed.
     #[arg(long)]
     minutes: Option<f64>,
-    /// Simulated seconds of client workload per seed.
-    #[arg(long, default_value_t = 20)]
-    workload_seconds: u64,
+    /// Simulated seconds of client workload per seed (default: 20, 30
+    /// with --whole-cluster).
+    #[arg(long)]
+    workload_seconds: Option<u64>,
+    /// Also run 3 object servers and 6 chunk servers, with the object
+    /// workload through the gateway's write protocol.
+    #[arg(long)]
+    whole_cluster: bool,
     /// Turn the deliberate stale-read bug on (to see it caught).
     #[arg(long)]
     stale_reads_bug: bool,
+    /// Turn the deliberate ack-before-fsync bug of the chunk servers' disks
+    /// on (with --whole-cluster).
+    #[arg(long)]
+    ack_before_sync_bug: bool,
+    /// Print each passing seed's faults too.
+    #[arg(long)]
+    show_faults: bool,
     /// Stop at the first failing seed.
     #[arg(long)]
     stop_at_failure: bool,
@@ -57,15 +70,23 @@ fn main() -> ExitCode {
     let (mut passed, mut failed) = (0u64, Vec::new());
     while deadline.is_none_or(|d| Instant::now() < d) {
         let Some(seed) = seeds.next() else { break };
+        let base = match args.whole_cluster {
+            true => SimOptions::whole_cluster(seed),
+            false => SimOptions::new(seed),
+        };
         let options = SimOptions {
-            workload: Duration::from_secs(args.workload_seconds),
+            workload: args.workload_seconds.map_or(base.workload, Duration::from_secs),
             stale_reads_bug: args.stale_reads_bug,
-            ..SimOptions::new(seed)
+            ack_before_sync_bug: args.ack_before_sync_bug,
+            ..base
         };
         match run_seed(&options) {
             Ok(report) => {
                 passed += 1;
                 println!("{report}");
+                if args.show_faults {
+                    println!("  faults: {}", report.fault_log.join("; "));
+                }
             }
             Err(failure) => {
                 println!("FAILED {failure}");

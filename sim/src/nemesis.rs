@@ -1,15 +1,18 @@
-//! Faults from the seed, one at a time: a name server cut off from its
-//! peers (clients still reach it), a crash and restart (state kept as after
-//! `kill -9`), a slow network, or a lossy one (requests and responses
-//! dropped, so callers see timeouts after the server may have acted). Targets lean toward the current leader,
-//! where faults matter most.
+//! Faults from the seed, one at a time: a server cut off from its Raft
+//! peers (clients still reach it), a crash and restart (RocksDB state kept
+//! as after `kill -9`; a chunk server's disk loses what was not synced), a
+//! power loss of every chunk server at once, a slow network, a lossy one (requests and responses dropped, so callers
+//! see timeouts after the server may have acted), or one byte of a stored
+//! chunk fragment flipped. Name-server targets lean toward the current
+//! leader, where faults matter most.
 
 use std::time::Duration;
 
 use tessera_jepsen::sim::Rng;
 use turmoil::Sim;
 
-use crate::cluster::{host_name, NAME_SERVERS};
+use crate::chunks::MemChunkStore;
+use crate::cluster::host_name;
 use crate::net::TurmoilNetwork;
 
 /// Message latency when no fault slows the network.
@@ -19,21 +22,39 @@ const SLOW_LATENCY_MAX: Duration = Duration::from_millis(400);
 /// request, and separately its response.
 const LOSS_PER_MILLION: u32 = 100_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The hosts faults may hit.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    /// Name-server node ids (hosts `ns{id}`).
+    pub name_servers: Vec<u64>,
+    /// Object-server hosts (one Raft group per partition among them).
+    pub object_servers: Vec<String>,
+    /// Chunk-server hosts with their disks.
+    pub chunk_servers: Vec<(String, MemChunkStore)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Partitioned from every other name server.
-    Isolate(u64),
+    /// Partitioned from these peers.
+    Isolate { host: String, peers: Vec<String> },
     /// Crashed; restarted when the fault heals.
-    Crash(u64),
+    Crash(String),
+    /// Every chunk server crashed at once (a power loss): each disk keeps
+    /// only what it synced. Restarted when the fault heals.
+    PowerLoss(Vec<String>),
     /// Every message takes up to [`SLOW_LATENCY_MAX`].
     Slow,
     /// Calls lose their request or response with [`LOSS_PER_MILLION`].
     Lossy,
+    /// One byte of a chunk fragment on this host flipped (nothing to heal:
+    /// reads verify checksums, scrub and repair rebuild it).
+    Corrupt { host: String, detail: String },
 }
 
 pub struct Nemesis {
     rng: Rng,
     network: TurmoilNetwork,
+    targets: Targets,
     /// When the next fault starts (none after `last_start`).
     next_at: Duration,
     last_start: Duration,
@@ -43,10 +64,18 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
-    pub fn new(seed: u64, network: TurmoilNetwork, first_at: Duration, last_start: Duration) -> Nemesis {
+    pub fn new(
+        seed: u64,
+        network: TurmoilNetwork,
+        targets: Targets,
+        first_at: Duration,
+        last_start: Duration,
+    ) -> Nemesis {
+        assert!(!targets.name_servers.is_empty(), "a cluster without name servers");
         Nemesis {
             rng: Rng::new(seed ^ 0x6E65_6D65_7369_7300),
             network,
+            targets,
             next_at: first_at,
             last_start,
             active: None,
@@ -54,29 +83,31 @@ impl Nemesis {
         }
     }
 
-    /// Starts or heals a fault when due. `leader`: who leads now, if known.
+    /// Starts or heals a fault when due. `leader`: the name-server leader,
+    /// if known.
     pub fn step(&mut self, sim: &mut Sim<'_>, now: Duration, leader: Option<u64>) {
-        match self.active {
+        match self.active.take() {
             Some((fault, heal_at)) if now >= heal_at => {
-                heal(sim, &self.network, fault);
+                heal(sim, &self.network, &fault);
                 self.log.push(format!("{now:?} heal {fault:?}"));
-                self.active = None;
                 self.next_at = now + self.between(500, 2_000);
             }
+            Some(active) => self.active = Some(active),
             None if now >= self.next_at && now <= self.last_start => {
                 let fault = self.choose(leader);
-                inflict(sim, &self.network, fault);
+                inflict(sim, &self.network, &fault);
                 self.log.push(format!("{now:?} {fault:?}"));
-                self.active = Some((fault, now + self.between(500, 3_000)));
+                let heal_at = now + self.between(500, 3_000);
+                self.active = Some((fault, heal_at));
             }
-            _ => {}
+            None => {}
         }
     }
 
     /// Heals whatever is still active (before the final checks).
     pub fn heal_all(&mut self, sim: &mut Sim<'_>) {
         if let Some((fault, _)) = self.active.take() {
-            heal(sim, &self.network, fault);
+            heal(sim, &self.network, &fault);
             self.log.push(format!("end heal {fault:?}"));
         }
     }
@@ -87,15 +118,72 @@ impl Nemesis {
     }
 
     fn choose(&mut self, leader: Option<u64>) -> Fault {
-        let target = match leader {
-            Some(leader) if self.rng.below(3) < 2 => leader,
-            _ => 1 + self.rng.below(NAME_SERVERS),
-        };
-        match self.rng.below(6) {
-            0 | 1 => Fault::Isolate(target),
-            2 | 3 => Fault::Crash(target),
+        let storage = !self.targets.object_servers.is_empty();
+        // Name-server faults, then (with storage hosts) storage faults.
+        match self.rng.below(if storage { 11 } else { 6 }) {
+            0 | 1 => {
+                let node = self.name_server(leader);
+                let peers = self
+                    .targets
+                    .name_servers
+                    .iter()
+                    .filter(|n| **n != node)
+                    .map(|n| host_name(*n));
+                Fault::Isolate {
+                    host: host_name(node),
+                    peers: peers.collect(),
+                }
+            }
+            2 | 3 => Fault::Crash(host_name(self.name_server(leader))),
             4 => Fault::Slow,
-            _ => Fault::Lossy,
+            5 => Fault::Lossy,
+            6 => {
+                let host = self.pick(&self.targets.object_servers.clone());
+                let peers = self
+                    .targets
+                    .object_servers
+                    .iter()
+                    .filter(|h| **h != host)
+                    .cloned()
+                    .collect();
+                Fault::Isolate { host, peers }
+            }
+            7 => Fault::Crash(self.pick(&self.targets.object_servers.clone())),
+            8 => {
+                let hosts: Vec<String> = self.targets.chunk_servers.iter().map(|(h, _)| h.clone()).collect();
+                Fault::Crash(self.pick(&hosts))
+            }
+            9 => self.corrupt(),
+            _ => Fault::PowerLoss(self.targets.chunk_servers.iter().map(|(h, _)| h.clone()).collect()),
+        }
+    }
+
+    fn name_server(&mut self, leader: Option<u64>) -> u64 {
+        match leader {
+            Some(leader) if self.rng.below(3) < 2 => leader,
+            _ => self.targets.name_servers[self.rng.below(self.targets.name_servers.len() as u64) as usize],
+        }
+    }
+
+    fn pick(&mut self, hosts: &[String]) -> String {
+        hosts[self.rng.below(hosts.len() as u64) as usize].clone()
+    }
+
+    /// Flips a byte of a random chunk on a random chunk server (or, when it
+    /// holds none yet, slows the network instead).
+    fn corrupt(&mut self) -> Fault {
+        let index = self.rng.below(self.targets.chunk_servers.len() as u64) as usize;
+        let (host, store) = self.targets.chunk_servers[index].clone();
+        let chunks = store.chunk_ids();
+        if chunks.is_empty() {
+            return Fault::Slow;
+        }
+        let chunk = chunks[self.rng.below(chunks.len() as u64) as usize];
+        let nth = self.rng.below(u64::MAX);
+        let flipped = store.corrupt(chunk, nth);
+        Fault::Corrupt {
+            host,
+            detail: format!("{chunk} byte #{nth} (flipped: {flipped})"),
         }
     }
 
@@ -104,32 +192,40 @@ impl Nemesis {
     }
 }
 
-fn peers(node: u64) -> impl Iterator<Item = String> {
-    (1..=NAME_SERVERS).filter(move |n| *n != node).map(host_name)
-}
-
-fn inflict(sim: &mut Sim<'_>, network: &TurmoilNetwork, fault: Fault) {
+fn inflict(sim: &mut Sim<'_>, network: &TurmoilNetwork, fault: &Fault) {
     match fault {
-        Fault::Isolate(node) => {
-            for peer in peers(node) {
-                sim.partition(host_name(node), peer);
+        Fault::Isolate { host, peers } => {
+            for peer in peers {
+                sim.partition(host.as_str(), peer.as_str());
             }
         }
-        Fault::Crash(node) => sim.crash(host_name(node)),
+        Fault::Crash(host) => sim.crash(host.as_str()),
+        Fault::PowerLoss(hosts) => {
+            for host in hosts {
+                sim.crash(host.as_str());
+            }
+        }
         Fault::Slow => sim.set_max_message_latency(SLOW_LATENCY_MAX),
         Fault::Lossy => network.set_loss_per_million(LOSS_PER_MILLION),
+        Fault::Corrupt { .. } => {}
     }
 }
 
-fn heal(sim: &mut Sim<'_>, network: &TurmoilNetwork, fault: Fault) {
+fn heal(sim: &mut Sim<'_>, network: &TurmoilNetwork, fault: &Fault) {
     match fault {
-        Fault::Isolate(node) => {
-            for peer in peers(node) {
-                sim.repair(host_name(node), peer);
+        Fault::Isolate { host, peers } => {
+            for peer in peers {
+                sim.repair(host.as_str(), peer.as_str());
             }
         }
-        Fault::Crash(node) => sim.bounce(host_name(node)),
+        Fault::Crash(host) => sim.bounce(host.as_str()),
+        Fault::PowerLoss(hosts) => {
+            for host in hosts {
+                sim.bounce(host.as_str());
+            }
+        }
         Fault::Slow => sim.set_max_message_latency(LATENCY_MAX),
         Fault::Lossy => network.set_loss_per_million(0),
+        Fault::Corrupt { .. } => {}
     }
 }

@@ -97,6 +97,12 @@ impl Observer {
         state.current.insert(node, (term, metrics.current_leader));
     }
 
+    /// A violation the clients found (bytes read back wrong, a name whose
+    /// data cannot be read), at simulated time `at`.
+    pub fn record_violation(&self, at: Duration, what: String) {
+        self.lock().violations.push(format!("{at:?}: {what}"));
+    }
+
     /// The violations so far.
     pub fn violations(&self) -> Vec<String> {
         self.lock().violations.clone()

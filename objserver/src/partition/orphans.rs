@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use tessera_common::chunk_client::ChunkServerClient;
 use tessera_common::ids::ChunkId;

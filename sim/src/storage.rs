@@ -1,0 +1,112 @@
+//! The simulated cluster's storage hosts: object servers
+//! ([`ObjServer::start_on`], each with a RocksDB directory that outlives its
+//! crashes) and chunk servers (the real chunk service and heartbeats,
+//! [`ChunkServer::serve_store`], over a [`MemChunkStore`] that outlives
+//! crashes but loses what was not synced).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use tessera_chunkserver::config::ChunkServerConfig;
+use tessera_chunkserver::file_store::FileStoreConfig;
+use tessera_chunkserver::node::ChunkServer;
+use tessera_common::rpc::Network;
+use tessera_objserver::config::{DataSettings, ObjServerConfig};
+use tessera_objserver::node::ObjServer;
+use tessera_raft::tuning::RaftTuning;
+
+use crate::chunks::MemChunkStore;
+use crate::cluster::PORT;
+use crate::net::TurmoilNetwork;
+
+pub const OBJECT_SERVERS: u64 = 3;
+pub const CHUNK_SERVERS: u64 = 6;
+/// Zones the chunk servers are spread over (placement spreads fragments).
+const ZONES: u64 = 3;
+
+pub fn object_host(index: u64) -> String {
+    format!("os{index}")
+}
+
+pub fn chunk_host(index: u64) -> String {
+    format!("cs{index}")
+}
+
+/// Raft timing of the simulated partitions (as the name servers').
+fn raft_tuning() -> RaftTuning {
+    RaftTuning {
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        propose_timeout_ms: 1_500,
+        read_timeout_ms: 1_500,
+        ..RaftTuning::default()
+    }
+}
+
+/// The configuration of object server `index` (node id `10 + index`).
+pub fn object_server_config(index: u64, ip: IpAddr, name_servers: &[SocketAddr], data_root: &Path) -> ObjServerConfig {
+    ObjServerConfig {
+        node_id: 10 + index,
+        listen: SocketAddr::new(ip, PORT),
+        advertise: None,
+        data_dir: data_root.join(object_host(index)),
+        certs_dir: "/nonexistent".into(),
+        identity: object_host(index),
+        zone: format!("z{}", index % ZONES),
+        nameservers: name_servers.to_vec(),
+        metrics_listen: None,
+        raft: raft_tuning(),
+        data: DataSettings {
+            cluster_refresh_interval_ms: 500,
+            gc_scan_interval_ms: 1_000,
+            compaction_interval_ms: 2_000,
+            release_grace_ms: 3_000,
+            repair_interval_ms: 2_000,
+            ..DataSettings::default()
+        },
+    }
+}
+
+/// The configuration of chunk server `index` (node id `100 + index`).
+pub fn chunk_server_config(index: u64, ip: IpAddr, name_servers: &[SocketAddr]) -> ChunkServerConfig {
+    ChunkServerConfig {
+        node_id: 100 + index,
+        listen: SocketAddr::new(ip, PORT),
+        advertise: None,
+        zone: format!("z{}", index % ZONES),
+        certs_dir: "/nonexistent".into(),
+        identity: chunk_host(index),
+        metrics_listen: None,
+        name_servers: name_servers.to_vec(),
+        heartbeat_interval_ms: 250,
+        scrub_bytes_per_sec: 64 << 20,
+        scrub_pass_interval_s: 5,
+        // Not read: the store is the simulator's.
+        store: FileStoreConfig::default(),
+    }
+}
+
+/// The software of an object-server host: runs until the simulation
+/// crashes the host.
+pub async fn object_server(config: ObjServerConfig, network: TurmoilNetwork) -> turmoil::Result {
+    let node_id = config.node_id;
+    let _server = ObjServer::start_on(config, Network::Custom(network.handle()))
+        .await
+        .map_err(|e| format!("n{node_id} did not start: {e:#}"))?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The software of a chunk-server host: after a crash, the disk has lost
+/// whatever was not synced; then serves until the next crash.
+pub async fn chunk_server(config: ChunkServerConfig, store: MemChunkStore, network: TurmoilNetwork) -> turmoil::Result {
+    let node_id = config.node_id;
+    store.recover_after_crash();
+    let _server = ChunkServer::serve_store(config, Network::Custom(network.handle()), Arc::new(store))
+        .await
+        .map_err(|e| format!("n{node_id} did not start: {e:#}"))?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
