@@ -84,18 +84,7 @@ impl KvRead for rocksdb::DB {
     fn scan(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, KvError> {
         let cf = self.cf_handle(table).ok_or(KvError::NoTable(table))?;
         let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
-        let mut out = Vec::new();
-        for item in self.iterator_cf(&cf, mode) {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, value) = item?;
-            if end.is_some_and(|end| &*key >= end) {
-                break;
-            }
-            out.push((key.to_vec(), value.to_vec()));
-        }
-        Ok(out)
+        take_range(self.iterator_cf(&cf, mode), end, limit)
     }
 }
 
@@ -204,6 +193,55 @@ fn merge(base: Vec<Pair>, overlay: Vec<(&[u8], Option<&[u8]>)>, limit: usize) ->
         }
     }
     out
+}
+
+/// The tables as of one RocksDB snapshot: several reads that must agree
+/// (a whole-state audit) see one point even while entries are applied.
+pub struct SnapshotView<'a> {
+    db: &'a rocksdb::DB,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl<'a> SnapshotView<'a> {
+    pub fn new(db: &'a rocksdb::DB) -> Self {
+        SnapshotView {
+            db,
+            snapshot: db.snapshot(),
+        }
+    }
+}
+
+impl KvRead for SnapshotView<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        let cf = self.db.cf_handle(table).ok_or(KvError::NoTable(table))?;
+        Ok(self.snapshot.get_cf(&cf, key)?)
+    }
+
+    fn scan(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, KvError> {
+        let cf = self.db.cf_handle(table).ok_or(KvError::NoTable(table))?;
+        let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
+        take_range(self.snapshot.iterator_cf(&cf, mode), end, limit)
+    }
+}
+
+/// The pairs of a forward RocksDB iterator below `end`, at most `limit`.
+fn take_range(
+    items: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<Pair>, KvError> {
+    let mut out = Vec::new();
+    for item in items {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = item?;
+        if end.is_some_and(|end| &*key >= end) {
+            break;
+        }
+        out.push((key.to_vec(), value.to_vec()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use tessera_nameserver::config::NameServerConfig;
 use tessera_nameserver::raft::RaftNode;
 
 use crate::net::TurmoilNetwork;
-use crate::observer::Observer;
+use crate::observer::{Observer, NAME_SERVICE};
 
 /// Port every simulated node listens on (each host has its own address).
 pub const PORT: u16 = 7000;
@@ -80,7 +80,12 @@ pub async fn name_server(config: NameServerConfig, network: TurmoilNetwork, obse
     let mut metrics = node.metrics();
     loop {
         let snapshot = metrics.borrow_and_update().clone();
-        observer.report(node_id, &snapshot, turmoil::sim_elapsed().unwrap_or_default());
+        observer.report(
+            NAME_SERVICE,
+            node_id,
+            &snapshot,
+            turmoil::sim_elapsed().unwrap_or_default(),
+        );
         if metrics.changed().await.is_err() {
             // The node stopped on its own (a storage error): a failure.
             return Err(format!("n{node_id}'s Raft stopped").into());

@@ -3,6 +3,7 @@
 
 pub mod chunks;
 pub mod cluster;
+pub mod drift;
 pub mod nemesis;
 pub mod net;
 pub mod objects;

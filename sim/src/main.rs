@@ -45,9 +45,17 @@ struct Args {
     /// on (with --whole-cluster).
     #[arg(long)]
     ack_before_sync_bug: bool,
-    /// Print each passing seed's faults too.
+    /// Print each passing seed's faults and clock drift too.
     #[arg(long)]
     show_faults: bool,
+    /// Bound of each host's clock-rate drift, in parts per million (0:
+    /// no drift).
+    #[arg(long, default_value_t = tessera_sim::run::DRIFT_PPM_MAX)]
+    drift_ppm_max: u64,
+    /// Skip the whole-cluster garbage check (and its quiet period) at the
+    /// end of each seed.
+    #[arg(long)]
+    no_garbage_check: bool,
     /// Stop at the first failing seed.
     #[arg(long)]
     stop_at_failure: bool,
@@ -78,6 +86,8 @@ fn main() -> ExitCode {
             workload: args.workload_seconds.map_or(base.workload, Duration::from_secs),
             stale_reads_bug: args.stale_reads_bug,
             ack_before_sync_bug: args.ack_before_sync_bug,
+            drift_ppm_max: args.drift_ppm_max,
+            garbage_check: base.garbage_check && !args.no_garbage_check,
             ..base
         };
         match run_seed(&options) {
@@ -86,6 +96,7 @@ fn main() -> ExitCode {
                 println!("{report}");
                 if args.show_faults {
                     println!("  faults: {}", report.fault_log.join("; "));
+                    println!("  clock drift: {}", report.drift);
                 }
             }
             Err(failure) => {

@@ -1,10 +1,12 @@
 //! Faults from the seed, one at a time: a server cut off from its Raft
 //! peers (clients still reach it), a crash and restart (RocksDB state kept
 //! as after `kill -9`; a chunk server's disk loses what was not synced), a
-//! power loss of every chunk server at once, a slow network, a lossy one (requests and responses dropped, so callers
-//! see timeouts after the server may have acted), or one byte of a stored
-//! chunk fragment flipped. Name-server targets lean toward the current
-//! leader, where faults matter most.
+//! power loss of every chunk server at once, a pause (every message to and
+//! from a server held, then delivered at once, late: what peers see of a
+//! stalled process), a slow network, a lossy one (requests and responses
+//! dropped, so callers see timeouts after the server may have acted), or
+//! one byte of a stored chunk fragment flipped. Name-server targets lean
+//! toward the current leader, where faults matter most.
 
 use std::time::Duration;
 
@@ -31,6 +33,22 @@ pub struct Targets {
     pub object_servers: Vec<String>,
     /// Chunk-server hosts with their disks.
     pub chunk_servers: Vec<(String, MemChunkStore)>,
+    /// Client hosts (never faulted; a paused server's messages to them are
+    /// held too).
+    pub clients: Vec<String>,
+}
+
+impl Targets {
+    /// Every host but `host`.
+    fn all_but(&self, host: &str) -> Vec<String> {
+        let name_servers = self.name_servers.iter().map(|n| host_name(*n));
+        let chunk_servers = self.chunk_servers.iter().map(|(h, _)| h.clone());
+        let hosts = name_servers
+            .chain(self.object_servers.iter().cloned())
+            .chain(chunk_servers)
+            .chain(self.clients.iter().cloned());
+        hosts.filter(|h| h != host).collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +60,9 @@ pub enum Fault {
     /// Every chunk server crashed at once (a power loss): each disk keeps
     /// only what it synced. Restarted when the fault heals.
     PowerLoss(Vec<String>),
+    /// Messages between the host and `peers` held; delivered when the
+    /// fault heals.
+    Pause { host: String, peers: Vec<String> },
     /// Every message takes up to [`SLOW_LATENCY_MAX`].
     Slow,
     /// Calls lose their request or response with [`LOSS_PER_MILLION`].
@@ -120,7 +141,7 @@ impl Nemesis {
     fn choose(&mut self, leader: Option<u64>) -> Fault {
         let storage = !self.targets.object_servers.is_empty();
         // Name-server faults, then (with storage hosts) storage faults.
-        match self.rng.below(if storage { 11 } else { 6 }) {
+        match self.rng.below(if storage { 12 } else { 7 }) {
             0 | 1 => {
                 let node = self.name_server(leader);
                 let peers = self
@@ -138,6 +159,14 @@ impl Nemesis {
             4 => Fault::Slow,
             5 => Fault::Lossy,
             6 => {
+                let host = match storage && self.rng.below(2) == 0 {
+                    true => self.pick(&self.targets.object_servers.clone()),
+                    false => host_name(self.name_server(leader)),
+                };
+                let peers = self.targets.all_but(&host);
+                Fault::Pause { host, peers }
+            }
+            7 => {
                 let host = self.pick(&self.targets.object_servers.clone());
                 let peers = self
                     .targets
@@ -148,12 +177,12 @@ impl Nemesis {
                     .collect();
                 Fault::Isolate { host, peers }
             }
-            7 => Fault::Crash(self.pick(&self.targets.object_servers.clone())),
-            8 => {
+            8 => Fault::Crash(self.pick(&self.targets.object_servers.clone())),
+            9 => {
                 let hosts: Vec<String> = self.targets.chunk_servers.iter().map(|(h, _)| h.clone()).collect();
                 Fault::Crash(self.pick(&hosts))
             }
-            9 => self.corrupt(),
+            10 => self.corrupt(),
             _ => Fault::PowerLoss(self.targets.chunk_servers.iter().map(|(h, _)| h.clone()).collect()),
         }
     }
@@ -205,6 +234,11 @@ fn inflict(sim: &mut Sim<'_>, network: &TurmoilNetwork, fault: &Fault) {
                 sim.crash(host.as_str());
             }
         }
+        Fault::Pause { host, peers } => {
+            for peer in peers {
+                sim.hold(host.as_str(), peer.as_str());
+            }
+        }
         Fault::Slow => sim.set_max_message_latency(SLOW_LATENCY_MAX),
         Fault::Lossy => network.set_loss_per_million(LOSS_PER_MILLION),
         Fault::Corrupt { .. } => {}
@@ -222,6 +256,11 @@ fn heal(sim: &mut Sim<'_>, network: &TurmoilNetwork, fault: &Fault) {
         Fault::PowerLoss(hosts) => {
             for host in hosts {
                 sim.bounce(host.as_str());
+            }
+        }
+        Fault::Pause { host, peers } => {
+            for peer in peers {
+                sim.release(host.as_str(), peer.as_str());
             }
         }
         Fault::Slow => sim.set_max_message_latency(LATENCY_MAX),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tessera_common::ns_api::{CommitCondition, CommitNameReq, StoragePolicy};
+use tessera_common::ns_api::{CommitCondition, CommitNameReq, ListObjectsReq, ObjectsPage, StoragePolicy};
 use tessera_gateway::backend::Backend;
 use tessera_gateway::write::BodyObserver;
 use tessera_jepsen::sim::Rng;
@@ -276,6 +276,48 @@ pub async fn final_reads(backend: &Backend, history: &History, observer: &Observ
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// What the names of the bucket need: their count and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Lists the bucket's current versions (retrying each page while the name
+/// servers do not answer).
+pub async fn live_objects(backend: &Backend) -> Result<Live, String> {
+    let mut live = Live::default();
+    let mut start_after = None;
+    loop {
+        let request = ListObjectsReq {
+            bucket: BUCKET.into(),
+            prefix: String::new(),
+            delimiter: None,
+            start_after: start_after.clone(),
+            max_keys: 1_000,
+        };
+        let page = list_page(backend, &request).await?;
+        live.objects += page.contents.len() as u64;
+        live.bytes += page.contents.iter().map(|o| o.size).sum::<u64>();
+        match page.next_marker {
+            Some(marker) if page.is_truncated => start_after = Some(marker),
+            _ => return Ok(live),
+        }
+    }
+}
+
+async fn list_page(backend: &Backend, request: &ListObjectsReq) -> Result<ObjectsPage, String> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match backend.ns.list_objects(request).await {
+            Ok(page) => return Ok(page),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!("listing the bucket failed: {last}"))
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Invariants of DESIGN §8 checked at every step of a run, from what each
-//! node's Raft reports (its metrics channel, read inside the node's host):
+//! Raft group's members report (their metrics, read inside the node's
+//! host): the name servers' group, and every partition group of the object
+//! servers. Per group:
 //!
 //! - no two nodes apply different entries at the same log index (state
 //!   machine safety): the log id each node reports as applied is recorded
@@ -12,8 +14,12 @@
 //! its `single-term-leader` feature) identifies a leader by (term, node id)
 //! and lets a higher node id win a term a lower one also won, which then
 //! can no longer commit; the log-id agreement above is the safety that
-//! rule protects. A violation is recorded with the simulated time and
-//! fails the run.
+//! rule protects.
+//!
+//! Object servers also audit each partition replica's applied state
+//! (`tessera_objserver::state::audit`: no extent points at a releasing or
+//! released chunk group, live bytes add up) and report what they find.
+//! A violation is recorded with the simulated time and fails the run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -21,22 +27,42 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use tessera_nameserver::raft::RaftMetrics;
+use tessera_objserver::state::audit::AuditReport;
 use tessera_raft::machine::LogId;
+
+/// The name servers' Raft group in reports.
+pub const NAME_SERVICE: &str = "ns";
+
+/// One member of one Raft group: (group label, node id).
+type Member = (String, u64);
 
 #[derive(Default)]
 struct State {
-    /// (term, node) pairs that led.
-    leaders: BTreeSet<(u64, u64)>,
-    /// index → the log id applied there by the first node to report it.
-    applied_ids: BTreeMap<u64, LogId>,
-    /// node → highest term reported.
-    terms: BTreeMap<u64, u64>,
-    /// node → highest applied index reported.
-    applied: BTreeMap<u64, u64>,
-    /// node → (term, leader) it reports now.
+    /// (group, term, node) triples that led.
+    leaders: BTreeSet<(String, u64, u64)>,
+    /// (group, index) → the log id applied there by the first member to
+    /// report it.
+    applied_ids: BTreeMap<(String, u64), LogId>,
+    /// member → highest term reported.
+    terms: BTreeMap<Member, u64>,
+    /// member → highest applied index reported.
+    applied: BTreeMap<Member, u64>,
+    /// name server → (term, leader) it reports now.
     current: BTreeMap<u64, (u64, Option<u64>)>,
     violations: Vec<String>,
     reports: u64,
+    /// Partition-state audits that came back clean.
+    audits_clean: u64,
+    /// member → its latest audit: (when, applied index, report).
+    latest_audits: BTreeMap<Member, (Duration, u64, AuditReport)>,
+}
+
+/// What the partitions hold (from their audits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub objects: u64,
+    pub gc_entries: u64,
+    pub live_bytes: u64,
 }
 
 /// Shared by the hosts (which report) and the run loop (which checks).
@@ -50,51 +76,104 @@ impl Observer {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// One metrics report of node `node` at simulated time `at`.
-    pub fn report(&self, node: u64, metrics: &RaftMetrics, at: Duration) {
+    /// One metrics report of node `node` of the group labelled `group`
+    /// ([`NAME_SERVICE`] or a partition's) at simulated time `at`.
+    pub fn report(&self, group: &str, node: u64, metrics: &RaftMetrics, at: Duration) {
         let mut state = self.lock();
         state.reports += 1;
+        let member: Member = (group.to_string(), node);
         let term = metrics.current_term;
-        let term_before = state.terms.get(&node).copied().unwrap_or(0);
+        let term_before = state.terms.get(&member).copied().unwrap_or(0);
         if term < term_before {
-            let violation = format!("{at:?}: n{node}'s term went back from {term_before} to {term}");
+            let violation = format!("{at:?}: {group} n{node}'s term went back from {term_before} to {term}");
             state.violations.push(violation);
         }
-        state.terms.insert(node, term.max(term_before));
+        state.terms.insert(member.clone(), term.max(term_before));
         if metrics.state == ServerState::Leader {
             match metrics.vote.leader_id().voted_for() {
                 Some(leader) if leader != node => {
-                    let violation = format!("{at:?}: n{node} leads under n{leader}'s leader id in term {term}");
+                    let violation = format!("{at:?}: {group} n{node} leads under n{leader}'s leader id in term {term}");
                     state.violations.push(violation);
                 }
                 _ => {
-                    state.leaders.insert((term, node));
+                    state.leaders.insert((group.to_string(), term, node));
                 }
             }
         }
         if let Some(log_id) = metrics.last_applied {
-            match state.applied_ids.get(&log_id.index) {
+            let at_index = (group.to_string(), log_id.index);
+            match state.applied_ids.get(&at_index) {
                 Some(first) if *first != log_id => {
                     let violation = format!(
-                        "{at:?}: n{node} applied {log_id} at index {} where another node applied {first}",
+                        "{at:?}: {group} n{node} applied {log_id} at index {} where another member applied {first}",
                         log_id.index
                     );
                     state.violations.push(violation);
                 }
                 Some(_) => {}
                 None => {
-                    state.applied_ids.insert(log_id.index, log_id);
+                    state.applied_ids.insert(at_index, log_id);
                 }
             }
         }
         let applied = metrics.last_applied.map_or(0, |log_id| log_id.index);
-        let before = state.applied.get(&node).copied().unwrap_or(0);
+        let before = state.applied.get(&member).copied().unwrap_or(0);
         if applied < before {
-            let violation = format!("{at:?}: n{node} applied index went back from {before} to {applied}");
+            let violation = format!("{at:?}: {group} n{node} applied index went back from {before} to {applied}");
             state.violations.push(violation);
         }
-        state.applied.insert(node, applied.max(before));
-        state.current.insert(node, (term, metrics.current_leader));
+        state.applied.insert(member, applied.max(before));
+        if group == NAME_SERVICE {
+            state.current.insert(node, (term, metrics.current_leader));
+        }
+    }
+
+    /// One partition replica's state audit, of its state at log index
+    /// `applied`.
+    pub fn audited(&self, group: &str, node: u64, applied: u64, report: &AuditReport, at: Duration) {
+        let mut state = self.lock();
+        let member = (group.to_string(), node);
+        state.latest_audits.insert(member, (at, applied, report.clone()));
+        if report.is_clean() {
+            state.audits_clean += 1;
+        } else {
+            let violation = format!(
+                "{at:?}: {group} on n{node}: {} audit problems: {}",
+                report.problems_total,
+                report.problems.join("; ")
+            );
+            state.violations.push(violation);
+        }
+    }
+
+    /// What the partitions hold, summed over partition groups from each
+    /// group's most advanced replica audited at or after `since`; `Err`
+    /// names a group without such an audit.
+    pub fn stored_since(&self, since: Duration) -> Result<Stored, String> {
+        let state = self.lock();
+        let mut best: BTreeMap<&str, Option<(u64, &AuditReport)>> = BTreeMap::new();
+        for ((group, _), (at, applied, report)) in &state.latest_audits {
+            let slot = best.entry(group.as_str()).or_default();
+            let newer = slot.is_none_or(|(best_applied, _)| *applied > best_applied);
+            if *at >= since && newer {
+                *slot = Some((*applied, report));
+            }
+        }
+        let mut stored = Stored::default();
+        for (group, slot) in best {
+            let Some((_, report)) = slot else {
+                return Err(format!("{group}: no replica audited after {since:?}"));
+            };
+            stored.objects += report.objects;
+            stored.gc_entries += report.gc_entries;
+            stored.live_bytes += report.live_bytes;
+        }
+        Ok(stored)
+    }
+
+    /// Partition-state audits that came back clean.
+    pub fn audits_clean(&self) -> u64 {
+        self.lock().audits_clean
     }
 
     /// A violation the clients found (bytes read back wrong, a name whose
@@ -108,7 +187,8 @@ impl Observer {
         self.lock().violations.clone()
     }
 
-    /// The node that leads the highest term any node reports, if one does.
+    /// The name server that leads the highest term any name server
+    /// reports, if one does.
     pub fn leader(&self) -> Option<u64> {
         let state = self.lock();
         state
@@ -118,14 +198,16 @@ impl Observer {
             .and_then(|(_, leader)| *leader)
     }
 
-    /// How many (term, node) pairs led: elections won.
+    /// How many (group, term, node) triples led: elections won.
     pub fn elections_won(&self) -> usize {
         self.lock().leaders.len()
     }
 
-    /// Highest applied index of any node.
+    /// Highest applied index of any name server.
     pub fn applied_max(&self) -> u64 {
-        self.lock().applied.values().copied().max().unwrap_or(0)
+        let state = self.lock();
+        let name_servers = state.applied.iter().filter(|((group, _), _)| group == NAME_SERVICE);
+        name_servers.map(|(_, applied)| *applied).max().unwrap_or(0)
     }
 
     pub fn reports(&self) -> u64 {

@@ -1,12 +1,14 @@
-//! One simulated run from one seed: three name servers and a client host
-//! under turmoil on this thread, node logic drawing from a generator seeded
-//! with the seed, RocksDB calls run in place, faults from the seed, the
-//! invariants of [`crate::observer`] checked after every step, and the
-//! history checked for linearizability at the end.
+//! One simulated run from one seed: three name servers (with
+//! [`SimOptions::storage`], also three object servers and six chunk
+//! servers) and a client host under turmoil on this thread, node logic
+//! drawing from a generator seeded with the seed, RocksDB calls run in
+//! place, faults and clock drift from the seed, the invariants of
+//! [`crate::observer`] checked after every step, and the history checked
+//! for linearizability at the end.
 //!
 //! The seed decides everything that varies: turmoil's message latencies,
-//! Raft's election timeouts, uids and retry jitter, the workload and the
-//! faults. The same seed gives the same history ([`SeedReport::digest`]).
+//! Raft's election timeouts, uids and retry jitter, the workload, the
+//! faults and each host's clock rate. The same seed gives the same history ([`SeedReport::digest`]).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -24,6 +26,7 @@ use tessera_gateway::config::{GatewayConfig, ProtocolSettings};
 
 use crate::chunks::{MemChunkStore, MemStoreConfig};
 use crate::cluster::{self, host_name, NAME_SERVERS};
+use crate::drift::{with_drift, DriftRates};
 use crate::nemesis::{Nemesis, Targets, LATENCY_MAX};
 use crate::net::TurmoilNetwork;
 use crate::observer::Observer;
@@ -45,7 +48,19 @@ pub struct SimOptions {
     /// Also run object and chunk servers, and the object workload through
     /// the gateway's write protocol instead of the name-server one.
     pub storage: bool,
+    /// Each host's clock runs fast by a rate from the seed up to this many
+    /// parts per million ([`crate::drift`]); 0 turns drift off.
+    pub drift_ppm_max: u64,
+    /// Whole-cluster runs: after the final reads, let the cluster run
+    /// [`QUIET`] without faults or clients, then check that nothing is
+    /// left but what the names need ([`check_no_garbage`]).
+    pub garbage_check: bool,
 }
+
+/// The default bound of clock-rate drift: 5%, far beyond a quartz clock's
+/// 0.01%, so that a 30-second run sees timing differences a real cluster
+/// takes hours or a misbehaving hypervisor to build up.
+pub const DRIFT_PPM_MAX: u64 = 50_000;
 
 impl SimOptions {
     pub fn new(seed: u64) -> SimOptions {
@@ -56,6 +71,8 @@ impl SimOptions {
             stale_reads_bug: false,
             ack_before_sync_bug: false,
             storage: false,
+            drift_ppm_max: DRIFT_PPM_MAX,
+            garbage_check: false,
         }
     }
 
@@ -65,6 +82,7 @@ impl SimOptions {
         SimOptions {
             workload: Duration::from_secs(30),
             storage: true,
+            garbage_check: true,
             ..SimOptions::new(seed)
         }
     }
@@ -78,9 +96,17 @@ pub struct SeedReport {
     pub faults: usize,
     /// The faults and heals, with simulated times.
     pub fault_log: Vec<String>,
+    /// Each host's clock-rate drift.
+    pub drift: DriftRates,
     /// Acknowledged set elements, all read back whole at the end
     /// (whole-cluster runs).
     pub set_elements: u64,
+    /// Partition-replica state audits that came back clean (whole-cluster
+    /// runs; an unclean one fails the run).
+    pub audits_clean: u64,
+    /// What the names needed when the garbage check found the partitions
+    /// holding exactly that (runs with [`SimOptions::garbage_check`]).
+    pub garbage_checked: Option<objects::Live>,
     pub elections_won: usize,
     pub applied_max: u64,
     /// blake3 of the history without wall-clock times: equal for equal runs.
@@ -93,13 +119,18 @@ impl fmt::Display for SeedReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: ok {} ({} writes) fail {} info {}, {} set elements, {} faults, {} elections won, applied {}, {:?} simulated in {:?}, history {}",
+            "seed {}: ok {} ({} writes) fail {} info {}, {} set elements, {} clean audits, {}, {} faults, {} elections won, applied {}, {:?} simulated in {:?}, history {}",
             self.seed,
             self.tally.ok,
             self.tally.ok_writes,
             self.tally.fail,
             self.tally.info,
             self.set_elements,
+            self.audits_clean,
+            match self.garbage_checked {
+                Some(live) => format!("no garbage beside {} names of {} bytes", live.objects, live.bytes),
+                None => "no garbage check".to_string(),
+            },
             self.faults,
             self.elections_won,
             self.applied_max,
@@ -114,26 +145,63 @@ impl fmt::Display for SeedReport {
 #[derive(Clone, Debug)]
 pub struct SimFailure {
     pub seed: u64,
-    /// A whole-cluster run ([`SimOptions::storage`]).
-    pub whole_cluster: bool,
+    /// The command that runs the seed again, with the same options.
+    pub replay: String,
     pub reason: String,
     /// The faults, with simulated times.
     pub faults: Vec<String>,
+    /// Each host's clock-rate drift.
+    pub drift: DriftRates,
 }
 
 impl fmt::Display for SimFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "seed {} failed: {}", self.seed, self.reason)?;
         writeln!(f, "faults: {}", self.faults.join("; "))?;
-        let (whole, test) = match self.whole_cluster {
-            true => ("TESSERA_SIM_WHOLE_CLUSTER=1 ", "whole_cluster_replays"),
-            false => ("", "replay"),
-        };
-        write!(
-            f,
-            "replay: {whole}TESSERA_SIM_SEED={} cargo test --workspace --test seeds -- {test} --exact",
-            self.seed
-        )
+        writeln!(f, "clock drift: {}", self.drift)?;
+        write!(f, "replay: {}", self.replay)
+    }
+}
+
+/// How to run `options` again: `tessera-sim` with the same flags (the
+/// debug binary `cargo test` builds sits in the target directory), or the
+/// replay test when the options are a test's.
+fn replay_command(options: &SimOptions) -> String {
+    let base = match options.storage {
+        true => SimOptions::whole_cluster(options.seed),
+        false => SimOptions::new(options.seed),
+    };
+    let mut flags = String::new();
+    if options.workload != base.workload {
+        flags.push_str(&format!(" --workload-seconds {}", options.workload.as_secs()));
+    }
+    if options.stale_reads_bug {
+        flags.push_str(" --stale-reads-bug");
+    }
+    if options.ack_before_sync_bug {
+        flags.push_str(" --ack-before-sync-bug");
+    }
+    if options.drift_ppm_max != base.drift_ppm_max {
+        flags.push_str(&format!(" --drift-ppm-max {}", options.drift_ppm_max));
+    }
+    if options.garbage_check != base.garbage_check {
+        flags.push_str(" --no-garbage-check");
+    }
+    let (whole, env, test) = match options.storage {
+        true => (
+            " --whole-cluster",
+            "TESSERA_SIM_WHOLE_CLUSTER=1 ",
+            "whole_cluster_replays",
+        ),
+        false => ("", "", "replay"),
+    };
+    let command = format!("tessera-sim --seed {}{whole}{flags}", options.seed);
+    match flags.is_empty() && options.clients == base.clients {
+        true => format!(
+            "{command}, or {env}TESSERA_SIM_SEED={} cargo test --workspace --test seeds -- {test} --exact",
+            options.seed
+        ),
+        false => command,
     }
 }
 
@@ -154,17 +222,23 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
     let _thread = ThreadSetup::enter(options);
     let started = Instant::now();
     let seed = options.seed;
+    let drift = DriftRates::draw(seed, &host_names(options), options.drift_ppm_max);
     let fail = |reason: String, faults: Vec<String>| SimFailure {
         seed,
-        whole_cluster: options.storage,
+        replay: replay_command(options),
         reason,
         faults,
+        drift: drift.clone(),
     };
     let data = data_dir().map_err(|e| fail(format!("creating a data directory: {e}"), Vec::new()))?;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(options.workload + Duration::from_secs(150))
-        .tick_duration(Duration::from_millis(1))
+        .tick_duration(crate::drift::TICK)
+        // A paused host's held connection attempts all arrive at once when
+        // it resumes; turmoil panics past a listener's backlog, so it is
+        // as deep as Linux's default `somaxconn`.
+        .tcp_capacity(4_096)
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(LATENCY_MAX)
         .build();
@@ -175,24 +249,29 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
         let config = cluster::name_server_config(*id, &members, data.path(), options.storage)
             .map_err(|e| fail(format!("{e:#}"), Vec::new()))?;
         let (observer, network) = (observer.clone(), network.clone());
+        let ppm = drift.of(&host_name(*id));
         sim.host(host_name(*id), move || {
-            cluster::name_server(config.clone(), network.clone(), observer.clone())
+            with_drift(
+                ppm,
+                cluster::name_server(config.clone(), network.clone(), observer.clone()),
+            )
         });
     }
     let mut targets = Targets {
         name_servers: members.iter().map(|(id, _)| *id).collect(),
+        clients: vec![CLIENT.to_string()],
         ..Targets::default()
     };
     if options.storage {
-        targets = storage_hosts(&mut sim, &network, &members, data.path(), targets);
+        targets = storage_hosts(&mut sim, &network, &observer, &drift, &members, data.path(), targets);
         for (_, store) in &targets.chunk_servers {
             store.set_ack_before_sync(options.ack_before_sync_bug);
         }
     }
     let history = History::default();
-    let finished: Arc<Mutex<Option<Result<(), String>>>> = Arc::default();
+    let outcome = ClientOutcome::default();
+    let finished = outcome.finished.clone();
     let addresses = cluster::addresses(&members);
-    let set_elements = Arc::new(AtomicU64::new(0));
     if options.storage {
         let clients = object_clients(
             options.clone(),
@@ -200,10 +279,9 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
             addresses,
             history.clone(),
             observer.clone(),
-            finished.clone(),
-            set_elements.clone(),
+            outcome.clone(),
         );
-        sim.client("client", clients);
+        sim.client(CLIENT, with_drift(drift.of(CLIENT), clients));
     } else {
         let clients = clients(
             options.clone(),
@@ -212,7 +290,7 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
             history.clone(),
             finished.clone(),
         );
-        sim.client("client", clients);
+        sim.client(CLIENT, with_drift(drift.of(CLIENT), clients));
     }
     let mut nemesis = Nemesis::new(
         seed,
@@ -240,6 +318,10 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
     if let Some(Err(e)) = finished.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(fail(e, nemesis.log));
     }
+    let garbage_checked = match options.storage && options.garbage_check {
+        true => Some(check_no_garbage(&observer, &outcome).map_err(|reason| fail(reason, nemesis.log.clone()))?),
+        false => None,
+    };
     let events = history.events();
     check_linearizable(&events).map_err(|reason| fail(reason, nemesis.log.clone()))?;
     Ok(SeedReport {
@@ -247,13 +329,70 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
         tally: Tally::of(&events),
         faults: nemesis.faults(),
         fault_log: nemesis.log.clone(),
-        set_elements: set_elements.load(std::sync::atomic::Ordering::Relaxed),
+        drift: drift.clone(),
+        set_elements: outcome.set_elements.load(std::sync::atomic::Ordering::Relaxed),
+        audits_clean: observer.audits_clean(),
+        garbage_checked,
         elections_won: observer.elections_won(),
         applied_max: observer.applied_max(),
         digest: digest(&events),
         simulated,
         wall: started.elapsed(),
     })
+}
+
+/// The host the clients run on.
+const CLIENT: &str = "client";
+/// After the final reads of a whole-cluster run, how long the cluster runs
+/// without faults or clients before the garbage check: past the GC TTL
+/// (8 s), the hand-off of pending deletes and the release grace.
+const QUIET: Duration = Duration::from_secs(20);
+
+/// What the client host hands back to the run.
+#[derive(Clone, Default)]
+struct ClientOutcome {
+    /// Set when the clients are done: whether they could run at all.
+    finished: Arc<Mutex<Option<Result<(), String>>>>,
+    set_elements: Arc<AtomicU64>,
+    /// After the quiet period: when the bucket was listed, and what its
+    /// names need.
+    listed: Arc<Mutex<Option<Listing>>>,
+}
+
+/// When the bucket was listed, and what its names need (or why the
+/// listing failed).
+type Listing = (Duration, Result<objects::Live, String>);
+
+/// DESIGN §8.3: once the TTLs have passed, nothing is left but what the
+/// live names need: no GC entry (every write committed and confirmed, or
+/// reaped), one object record per name, and live bytes exactly the names'
+/// sizes (every overwritten or deleted version freed).
+fn check_no_garbage(observer: &Observer, outcome: &ClientOutcome) -> Result<objects::Live, String> {
+    let listed = outcome.listed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some((listed_at, live)) = listed else {
+        return Err("the clients did not list the bucket after the quiet period".into());
+    };
+    let live = live?;
+    let stored = observer.stored_since(listed_at)?;
+    let clean = stored.gc_entries == 0 && stored.objects == live.objects && stored.live_bytes == live.bytes;
+    match clean {
+        true => Ok(live),
+        false => Err(format!(
+            "garbage {QUIET:?} after the faults: the names need {} objects of {} bytes; the partitions hold {} objects, {} live bytes, {} GC entries",
+            live.objects, live.bytes, stored.objects, stored.live_bytes, stored.gc_entries
+        )),
+    }
+}
+
+/// Every host a run of `options` has.
+fn host_names(options: &SimOptions) -> Vec<String> {
+    let mut hosts: Vec<String> = (1..=NAME_SERVERS).map(host_name).collect();
+    if options.storage {
+        hosts.extend((1..=storage::OBJECT_SERVERS).map(storage::object_host));
+        hosts.extend((1..=storage::CHUNK_SERVERS).map(storage::chunk_host));
+    }
+    hosts.push(CLIENT.to_string());
+    hosts
 }
 
 /// The client host: creates the bucket, then runs the client processes
@@ -310,6 +449,8 @@ async fn create_bucket(client: &NameServerClient<RpcClient>, policy: StoragePoli
 fn storage_hosts(
     sim: &mut turmoil::Sim<'_>,
     network: &TurmoilNetwork,
+    observer: &Observer,
+    drift: &DriftRates,
     members: &[(u64, IpAddr)],
     data_root: &std::path::Path,
     mut targets: Targets,
@@ -318,9 +459,12 @@ fn storage_hosts(
     for index in 1..=storage::OBJECT_SERVERS {
         let host = storage::object_host(index);
         let config = storage::object_server_config(index, sim.lookup(host.as_str()), &name_servers, data_root);
-        let network = network.clone();
+        let (network, observer, ppm) = (network.clone(), observer.clone(), drift.of(&host));
         sim.host(host.as_str(), move || {
-            storage::object_server(config.clone(), network.clone())
+            with_drift(
+                ppm,
+                storage::object_server(config.clone(), network.clone(), observer.clone()),
+            )
         });
         targets.object_servers.push(host);
     }
@@ -328,9 +472,12 @@ fn storage_hosts(
         let host = storage::chunk_host(index);
         let config = storage::chunk_server_config(index, sim.lookup(host.as_str()), &name_servers);
         let store = MemChunkStore::new(MemStoreConfig::default());
-        let (network, disk) = (network.clone(), store.clone());
+        let (network, disk, ppm) = (network.clone(), store.clone(), drift.of(&host));
         sim.host(host.as_str(), move || {
-            storage::chunk_server(config.clone(), disk.clone(), network.clone())
+            with_drift(
+                ppm,
+                storage::chunk_server(config.clone(), disk.clone(), network.clone()),
+            )
         });
         targets.chunk_servers.push((host, store));
     }
@@ -346,8 +493,7 @@ async fn object_clients(
     addresses: Vec<std::net::SocketAddr>,
     history: History,
     observer: Observer,
-    finished: Arc<Mutex<Option<Result<(), String>>>>,
-    set_elements: Arc<AtomicU64>,
+    results: ClientOutcome,
 ) -> turmoil::Result {
     let config = GatewayConfig {
         listen: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -390,9 +536,22 @@ async fn object_clients(
         while processes.join_next().await.is_some() {}
         objects::final_reads(&backend, &history, &observer, options.clients).await;
         objects::final_set_reads(&backend, &shared.set, &observer).await;
-        set_elements.store(shared.set.values().len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let set_elements = shared.set.values().len() as u64;
+        results
+            .set_elements
+            .store(set_elements, std::sync::atomic::Ordering::Relaxed);
+        if !options.garbage_check {
+            *results.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            return Ok(());
+        }
+        tokio::time::sleep(QUIET).await;
+        let listed_at = turmoil::sim_elapsed().unwrap_or_default();
+        let live = objects::live_objects(&backend).await;
+        *results.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some((listed_at, live));
+        // Every replica audits its state again after the listing.
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    *finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+    *results.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tessera_chunkserver::config::ChunkServerConfig;
 use tessera_chunkserver::file_store::FileStoreConfig;
@@ -14,13 +15,20 @@ use tessera_chunkserver::node::ChunkServer;
 use tessera_common::rpc::Network;
 use tessera_objserver::config::{DataSettings, ObjServerConfig};
 use tessera_objserver::node::ObjServer;
+use tessera_objserver::partition::Partition;
+use tessera_objserver::state::{Query, QueryResponse};
 use tessera_raft::tuning::RaftTuning;
 
 use crate::chunks::MemChunkStore;
 use crate::cluster::PORT;
 use crate::net::TurmoilNetwork;
+use crate::observer::Observer;
 
 pub const OBJECT_SERVERS: u64 = 3;
+/// How often an object server reports its partitions' Raft metrics.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How often it audits each partition replica's state.
+const AUDIT_INTERVAL: Duration = Duration::from_secs(1);
 pub const CHUNK_SERVERS: u64 = 6;
 /// Zones the chunk servers are spread over (placement spreads fragments).
 const ZONES: u64 = 3;
@@ -88,15 +96,44 @@ pub fn chunk_server_config(index: u64, ip: IpAddr, name_servers: &[SocketAddr]) 
     }
 }
 
-/// The software of an object-server host: runs until the simulation
-/// crashes the host.
-pub async fn object_server(config: ObjServerConfig, network: TurmoilNetwork) -> turmoil::Result {
+/// The software of an object-server host: until the simulation crashes
+/// the host, reports each partition replica's Raft metrics to `observer`
+/// every [`WATCH_INTERVAL`] and audits its applied state every
+/// [`AUDIT_INTERVAL`].
+pub async fn object_server(config: ObjServerConfig, network: TurmoilNetwork, observer: Observer) -> turmoil::Result {
     let node_id = config.node_id;
-    let _server = ObjServer::start_on(config, Network::Custom(network.handle()))
+    let server = ObjServer::start_on(config, Network::Custom(network.handle()))
         .await
         .map_err(|e| format!("n{node_id} did not start: {e:#}"))?;
-    std::future::pending::<()>().await;
+    let audit_every = (AUDIT_INTERVAL.as_millis() / WATCH_INTERVAL.as_millis()) as u64;
+    for round in 0u64.. {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        for partition in server.partitions() {
+            let group = format!("p{}", partition.id());
+            let metrics = partition.raft().metrics().borrow().clone();
+            observer.report(&group, node_id, &metrics, now());
+            if round % audit_every == 0 {
+                let applied = metrics.last_applied.map_or(0, |log_id| log_id.index);
+                audit(&partition, &group, node_id, applied, &observer).await;
+            }
+        }
+    }
     Ok(())
+}
+
+/// Audits one replica's applied state (at least as new as `applied`: the
+/// index is read first); a failed read is not a violation
+/// (the replica may be shutting down).
+async fn audit(partition: &Partition, group: &str, node_id: u64, applied: u64, observer: &Observer) {
+    match partition.raft().stale_query(Query::Audit).await {
+        Ok(QueryResponse::Audit(report)) => observer.audited(group, node_id, applied, &report, now()),
+        Ok(other) => observer.record_violation(now(), format!("{group} on n{node_id}: audit answered {other:?}")),
+        Err(e) => tracing::debug!(group, node_id, "audit not read: {e}"),
+    }
+}
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
 }
 
 /// The software of a chunk-server host: after a crash, the disk has lost

@@ -11,6 +11,7 @@
 //! - writes to a uid without a record (never opened, deleted, or reaped)
 //!   are dropped, so a late stripe cannot revive freed data.
 
+pub mod audit;
 mod extents;
 mod groups;
 mod objects;
@@ -254,6 +255,8 @@ pub enum Query {
     },
     /// Groups with lost columns.
     Lost,
+    /// A consistency check of the whole state ([`audit::audit`]).
+    Audit,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +279,7 @@ pub enum QueryResponse {
     Groups(Vec<(GroupId, GroupRecord)>),
     Meta(Meta),
     Lost(Vec<(GroupId, LostColumns)>),
+    Audit(audit::AuditReport),
 }
 
 pub fn query<R: KvRead + ?Sized>(view: &R, query: &Query) -> Result<QueryResponse, StateError> {
@@ -292,6 +296,7 @@ pub fn query<R: KvRead + ?Sized>(view: &R, query: &Query) -> Result<QueryRespons
                 .collect(),
         )),
         Query::Lost => groups::all_lost(view).map(QueryResponse::Lost),
+        Query::Audit => audit::audit(view).map(QueryResponse::Audit),
     }
 }
 
@@ -335,6 +340,11 @@ impl tessera_raft::StateMachine for PartitionMachine {
     }
 
     fn query(db: &rocksdb::DB, q: &Query) -> Result<QueryResponse, tessera_raft::SmError> {
-        query(db, q).map_err(Into::into)
+        match q {
+            // Many reads that must agree: one snapshot.
+            Query::Audit => query(&tessera_raft::kv::SnapshotView::new(db), q),
+            _ => query(db, q),
+        }
+        .map_err(Into::into)
     }
 }

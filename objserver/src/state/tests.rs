@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use tessera_common::ids::{ChunkId, NodeId};
-use tessera_raft::kv::{KvRead, Txn};
+use tessera_raft::kv::Txn;
 
 use super::*;
 use crate::placement::FragmentLoc;
@@ -72,39 +72,10 @@ impl Db {
         }
     }
 
-    /// Every group's live bytes equal the extent bytes pointing into it,
-    /// and extents of a uid never overlap.
+    /// The whole-state audit finds nothing, and lost columns are sane.
     fn check_invariants(&self) {
-        let mut live = std::collections::BTreeMap::<u64, u64>::new();
-        let pairs = self.db.scan(records::EXTENTS, &[], None, usize::MAX).expect("scan");
-        let mut last: Option<(u128, u64)> = None;
-        for (key, value) in pairs {
-            let (uid, offset) = records::decode_extent_key(&key).expect("key");
-            let extent: Extent = records::decode(records::EXTENTS, &value).expect("value");
-            if let Some((last_uid, last_end)) = last {
-                assert!(last_uid != uid || last_end <= offset, "overlap at {uid:x}:{offset}");
-            }
-            last = Some((uid, offset + extent.len));
-            *live.entry(extent.group.0).or_default() += extent.len;
-        }
-        for (id, group) in self.groups() {
-            assert_eq!(group.live_bytes, live.get(&id.0).copied().unwrap_or(0), "group {id}");
-            let indexed = match self.query(Query::GroupExtents {
-                group: id,
-                after: None,
-                limit: u32::MAX,
-            }) {
-                QueryResponse::GroupExtents(list) => list,
-                other => panic!("{other:?}"),
-            };
-            let indexed_bytes: u64 = indexed.iter().map(|(_, _, e)| e.len).sum();
-            assert_eq!(
-                indexed_bytes, group.live_bytes,
-                "group index of {id} matches its extents"
-            );
-            assert!(indexed.iter().all(|(_, _, e)| e.group == id));
-            assert!(group.live_bytes <= group.written_bytes);
-        }
+        let report = self.audit();
+        assert!(report.is_clean(), "audit: {:?}", report.problems);
         let groups: std::collections::BTreeMap<GroupId, GroupRecord> = self.groups().into_iter().collect();
         for (id, lost) in self.lost() {
             let group = groups.get(&id).expect("lost columns belong to a known group");
@@ -114,6 +85,28 @@ impl Db {
         }
     }
 
+    fn audit(&self) -> audit::AuditReport {
+        match self.query(Query::Audit) {
+            QueryResponse::Audit(report) => report,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Writes `pairs` straight into RocksDB, around `apply` (a damaged
+    /// state for the audit to find).
+    fn damage(&self, pairs: &[Damage]) {
+        let mut txn = Txn::new(&self.db);
+        for (table, key, value) in pairs {
+            match value {
+                Some(value) => txn.put(table, key.clone(), value.clone()),
+                None => txn.delete(table, key.clone()),
+            }
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        txn.write_into(&self.db, &mut batch).expect("batch");
+        self.db.write(batch).expect("write");
+    }
+
     fn lost(&self) -> Vec<(GroupId, LostColumns)> {
         match self.query(Query::Lost) {
             QueryResponse::Lost(lost) => lost,
@@ -121,6 +114,9 @@ impl Db {
         }
     }
 }
+
+/// A raw write around `apply`: (table, key, value or delete).
+type Damage = (&'static str, Vec<u8>, Option<Vec<u8>>);
 
 const EC: Redundancy = Redundancy::Ec { k: 4, m: 2 };
 
@@ -456,4 +452,96 @@ fn compaction_switches_only_unchanged_extents_then_releases() {
     ));
     assert_eq!(db.apply(Command::GroupReleased { group: GroupId(0) }), Response::Ok);
     assert_eq!(db.groups()[0].1.state, GroupState::Released);
+}
+
+#[test]
+fn the_audit_finds_an_extent_in_a_released_group_and_wrong_live_bytes() {
+    let mut db = Db::new();
+    db.apply(open(1));
+    db.apply(Command::OpenGroup {
+        placement: placement(0, 0),
+    });
+    db.apply(stripe(0, 0, &[(1, 0, 1000, 0)]));
+    db.apply(Command::SealGroup { group: GroupId(0) });
+    db.apply(Command::Trim {
+        uid: 1,
+        offset: 0,
+        len: 1000,
+    });
+    db.apply(Command::ReleaseGroup { group: GroupId(0) });
+    db.apply(Command::GroupReleased { group: GroupId(0) });
+    let clean = db.audit();
+    assert!(clean.is_clean(), "{:?}", clean.problems);
+    assert_eq!(
+        (clean.objects, clean.extents, clean.groups, clean.released_groups),
+        (1, 0, 1, 1)
+    );
+
+    // An extent into the released group, as a lost trim or a wrong switch
+    // would leave: its bytes are gone from the chunk servers.
+    let extent = Extent {
+        len: 1000,
+        group: GroupId(0),
+        stripe: StripeLoc {
+            chunk_offset: 0,
+            fragment_len: 4096,
+        },
+        data_offset: 0,
+    };
+    db.damage(&[
+        (
+            records::EXTENTS,
+            records::extent_key(1, 0),
+            Some(records::encode(&extent)),
+        ),
+        (
+            records::GROUP_EXTENTS,
+            records::group_extent_key(GroupId(0), 1, 0),
+            Some(Vec::new()),
+        ),
+    ]);
+    let report = db.audit();
+    assert_eq!(report.extents, 1);
+    assert!(!report.is_clean());
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("points at released group g0")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("records 0 live bytes") && p.contains("hold 1000")),
+        "{:?}",
+        report.problems
+    );
+
+    // An index entry without its extent, and an extent of a uid without a
+    // record.
+    db.damage(&[
+        (records::EXTENTS, records::extent_key(1, 0), None),
+        (
+            records::EXTENTS,
+            records::extent_key(9, 0),
+            Some(records::encode(&extent)),
+        ),
+    ]);
+    let report = db.audit();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("lists 1@0, not an extent in it")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report.problems.iter().any(|p| p == "9 has extents but no record"),
+        "{:?}",
+        report.problems
+    );
 }
