@@ -49,7 +49,9 @@ pub struct SimOptions {
     /// the gateway's write protocol instead of the name-server one.
     pub storage: bool,
     /// Each host's clock runs fast by a rate from the seed up to this many
-    /// parts per million ([`crate::drift`]); 0 turns drift off.
+    /// parts per million ([`crate::drift`]); 0 (the default) turns drift
+    /// off. A run with drift replays in a fresh process only (see
+    /// [`crate::drift`]).
     pub drift_ppm_max: u64,
     /// Whole-cluster runs: after the final reads, let the cluster run
     /// [`QUIET`] without faults or clients, then check that nothing is
@@ -57,9 +59,10 @@ pub struct SimOptions {
     pub garbage_check: bool,
 }
 
-/// The default bound of clock-rate drift: 5%, far beyond a quartz clock's
-/// 0.01%, so that a 30-second run sees timing differences a real cluster
-/// takes hours or a misbehaving hypervisor to build up.
+/// The bound of clock-rate drift `tessera-sim --drift` uses: 5%, far
+/// beyond a quartz clock's 0.01%, so that a 30-second run sees timing
+/// differences a real cluster takes hours or a misbehaving hypervisor to
+/// build up.
 pub const DRIFT_PPM_MAX: u64 = 50_000;
 
 impl SimOptions {
@@ -71,7 +74,7 @@ impl SimOptions {
             stale_reads_bug: false,
             ack_before_sync_bug: false,
             storage: false,
-            drift_ppm_max: DRIFT_PPM_MAX,
+            drift_ppm_max: 0,
             garbage_check: false,
         }
     }
@@ -182,7 +185,7 @@ fn replay_command(options: &SimOptions) -> String {
         flags.push_str(" --ack-before-sync-bug");
     }
     if options.drift_ppm_max != base.drift_ppm_max {
-        flags.push_str(&format!(" --drift-ppm-max {}", options.drift_ppm_max));
+        flags.push_str(&format!(" --drift {}", options.drift_ppm_max));
     }
     if options.garbage_check != base.garbage_check {
         flags.push_str(" --no-garbage-check");

@@ -12,11 +12,14 @@
 //! whole_cluster_replays --exact` for a whole-cluster seed); its history
 //! digest is printed, and the test runs it twice and compares.
 
-use tessera_sim::run::{run_seed, SimOptions};
+use tessera_sim::run::{run_seed, SimOptions, DRIFT_PPM_MAX};
 
 /// Seeds every `cargo test` runs.
 const FIXED_SEEDS: [u64; 4] = [1, 2, 3, 4];
-const WHOLE_CLUSTER_SEEDS: [u64; 2] = [1, 2];
+/// Whole-cluster seeds, each with or without clock drift (a seed with
+/// drift replays when run alone: `tessera-sim --seed N --whole-cluster
+/// --drift`).
+const WHOLE_CLUSTER_SEEDS: [(u64, bool); 2] = [(1, false), (2, true)];
 /// The ack-before-fsync bug must be caught by one of these (measured with
 /// clock drift and pauses among the faults: seed 1, whose faults include a
 /// power loss of every chunk server at 9.1 s, catches it; before them,
@@ -97,8 +100,12 @@ fn the_deliberate_stale_read_bug_is_caught() {
 
 #[test]
 fn whole_cluster_seeds_hold_every_invariant() {
-    for seed in WHOLE_CLUSTER_SEEDS {
-        let report = run_seed(&SimOptions::whole_cluster(seed)).unwrap_or_else(|failure| panic!("{failure}"));
+    for (seed, drift) in WHOLE_CLUSTER_SEEDS {
+        let options = SimOptions {
+            drift_ppm_max: if drift { DRIFT_PPM_MAX } else { 0 },
+            ..SimOptions::whole_cluster(seed)
+        };
+        let report = run_seed(&options).unwrap_or_else(|failure| panic!("{failure}"));
         println!("{report}");
         assert!(
             report.faults >= 3,
