@@ -20,7 +20,7 @@ impl fmt::Display for GroupId {
 }
 
 /// How a group protects its data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Redundancy {
     /// Reed-Solomon: `k` data fragments and `m` parity fragments per stripe.
     Ec { k: u8, m: u8 },

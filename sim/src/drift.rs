@@ -11,13 +11,8 @@
 //! restarts the host's clock (turmoil gives a crashed host a new runtime),
 //! so drift builds up again from the restart.
 //!
-//! Known limit: a run with drift replays exactly in a fresh process (the
-//! same seed twice in two processes gives the same history), but not after
-//! another run in the same process (measured: seed 8 after seed 7 differs
-//! from seed 8 alone with drift, and is equal without). Some state that
-//! outlives a run differs once hosts advance their own clocks; not found
-//! yet. So drift is off in `cargo test` and opt-in in `tessera-sim`, whose
-//! failures print a `--seed N` command that runs the seed alone.
+//! A run with drift replays like any other when the seed runs in a process
+//! of its own, as every runner of many seeds does ([`crate::process`]).
 //!
 //! [`SimOptions::drift_ppm_max`]: crate::run::SimOptions::drift_ppm_max
 
@@ -28,7 +23,7 @@ use std::time::Duration;
 use tessera_jepsen::sim::Rng;
 
 /// Host name → how fast its clock runs, in parts per million.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DriftRates(BTreeMap<String, u64>);
 
 impl DriftRates {

@@ -2,12 +2,15 @@
 //! code under turmoil, one thread, one seed.
 
 pub mod chunks;
+pub mod cli;
 pub mod cluster;
 pub mod drift;
 pub mod nemesis;
 pub mod net;
 pub mod objects;
 pub mod observer;
+pub mod process;
+pub mod report;
 pub mod run;
 pub mod storage;
 pub mod workload;

@@ -279,7 +279,7 @@ pub async fn final_reads(backend: &Backend, history: &History, observer: &Observ
 }
 
 /// What the names of the bucket need: their count and bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Live {
     pub objects: u64,
     pub bytes: u64,

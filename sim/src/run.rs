@@ -8,9 +8,10 @@
 //!
 //! The seed decides everything that varies: turmoil's message latencies,
 //! Raft's election timeouts, uids and retry jitter, the workload, the
-//! faults and each host's clock rate. The same seed gives the same history ([`SeedReport::digest`]).
+//! faults and each host's clock rate. The same seed gives the same history
+//! ([`SeedReport::digest`]) when it is the first run of its process
+//! ([`crate::process`]).
 
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -25,16 +26,18 @@ use tessera_gateway::backend::Backend;
 use tessera_gateway::config::{GatewayConfig, ProtocolSettings};
 
 use crate::chunks::{MemChunkStore, MemStoreConfig};
+use crate::cli::replay_command;
 use crate::cluster::{self, host_name, NAME_SERVERS};
 use crate::drift::{with_drift, DriftRates};
 use crate::nemesis::{Nemesis, Targets, LATENCY_MAX};
 use crate::net::TurmoilNetwork;
 use crate::observer::Observer;
+use crate::report::{SeedReport, SimFailure};
 use crate::workload::{self, History, Tally, BUCKET};
 use crate::{objects, storage};
 
 /// What a run does.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimOptions {
     pub seed: u64,
     /// Simulated time the clients run.
@@ -49,9 +52,7 @@ pub struct SimOptions {
     /// the gateway's write protocol instead of the name-server one.
     pub storage: bool,
     /// Each host's clock runs fast by a rate from the seed up to this many
-    /// parts per million ([`crate::drift`]); 0 (the default) turns drift
-    /// off. A run with drift replays in a fresh process only (see
-    /// [`crate::drift`]).
+    /// parts per million ([`crate::drift`]); 0 turns drift off.
     pub drift_ppm_max: u64,
     /// Whole-cluster runs: after the final reads, let the cluster run
     /// [`QUIET`] without faults or clients, then check that nothing is
@@ -91,132 +92,8 @@ impl SimOptions {
     }
 }
 
-/// A run that held every invariant.
-#[derive(Clone, Debug)]
-pub struct SeedReport {
-    pub seed: u64,
-    pub tally: Tally,
-    pub faults: usize,
-    /// The faults and heals, with simulated times.
-    pub fault_log: Vec<String>,
-    /// Each host's clock-rate drift.
-    pub drift: DriftRates,
-    /// Acknowledged set elements, all read back whole at the end
-    /// (whole-cluster runs).
-    pub set_elements: u64,
-    /// Partition-replica state audits that came back clean (whole-cluster
-    /// runs; an unclean one fails the run).
-    pub audits_clean: u64,
-    /// What the names needed when the garbage check found the partitions
-    /// holding exactly that (runs with [`SimOptions::garbage_check`]).
-    pub garbage_checked: Option<objects::Live>,
-    pub elections_won: usize,
-    pub applied_max: u64,
-    /// blake3 of the history without wall-clock times: equal for equal runs.
-    pub digest: String,
-    pub simulated: Duration,
-    pub wall: Duration,
-}
-
-impl fmt::Display for SeedReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "seed {}: ok {} ({} writes) fail {} info {}, {} set elements, {} clean audits, {}, {} faults, {} elections won, applied {}, {:?} simulated in {:?}, history {}",
-            self.seed,
-            self.tally.ok,
-            self.tally.ok_writes,
-            self.tally.fail,
-            self.tally.info,
-            self.set_elements,
-            self.audits_clean,
-            match self.garbage_checked {
-                Some(live) => format!("no garbage beside {} names of {} bytes", live.objects, live.bytes),
-                None => "no garbage check".to_string(),
-            },
-            self.faults,
-            self.elections_won,
-            self.applied_max,
-            self.simulated,
-            self.wall,
-            &self.digest[..16]
-        )
-    }
-}
-
-/// A run that broke an invariant or could not run.
-#[derive(Clone, Debug)]
-pub struct SimFailure {
-    pub seed: u64,
-    /// The command that runs the seed again, with the same options.
-    pub replay: String,
-    pub reason: String,
-    /// The faults, with simulated times.
-    pub faults: Vec<String>,
-    /// Each host's clock-rate drift.
-    pub drift: DriftRates,
-}
-
-impl fmt::Display for SimFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "seed {} failed: {}", self.seed, self.reason)?;
-        writeln!(f, "faults: {}", self.faults.join("; "))?;
-        writeln!(f, "clock drift: {}", self.drift)?;
-        write!(f, "replay: {}", self.replay)
-    }
-}
-
-/// How to run `options` again: `tessera-sim` with the same flags (the
-/// debug binary `cargo test` builds sits in the target directory), or the
-/// replay test when the options are a test's.
-fn replay_command(options: &SimOptions) -> String {
-    let base = match options.storage {
-        true => SimOptions::whole_cluster(options.seed),
-        false => SimOptions::new(options.seed),
-    };
-    let mut flags = String::new();
-    if options.workload != base.workload {
-        flags.push_str(&format!(" --workload-seconds {}", options.workload.as_secs()));
-    }
-    if options.stale_reads_bug {
-        flags.push_str(" --stale-reads-bug");
-    }
-    if options.ack_before_sync_bug {
-        flags.push_str(" --ack-before-sync-bug");
-    }
-    if options.drift_ppm_max != base.drift_ppm_max {
-        flags.push_str(&format!(" --drift {}", options.drift_ppm_max));
-    }
-    if options.garbage_check != base.garbage_check {
-        flags.push_str(" --no-garbage-check");
-    }
-    let (whole, env, test) = match options.storage {
-        true => (
-            " --whole-cluster",
-            "TESSERA_SIM_WHOLE_CLUSTER=1 ",
-            "whole_cluster_replays",
-        ),
-        false => ("", "", "replay"),
-    };
-    let command = format!("tessera-sim --seed {}{whole}{flags}", options.seed);
-    match flags.is_empty() && options.clients == base.clients {
-        true => format!(
-            "{command}, or {env}TESSERA_SIM_SEED={} cargo test --workspace --test seeds -- {test} --exact",
-            options.seed
-        ),
-        false => command,
-    }
-}
-
-impl std::error::Error for SimFailure {}
-
-/// Held by a run: runs in one process take turns. Two runs on different
-/// threads at once do not replay (measured: seed 7 gave a third history
-/// while another test's seeds ran beside it, and the same one in separate
-/// processes under CPU load), so some state below the simulation is
-/// process-wide; which is not yet found (candidates: tokio's global task
-/// ids, which order a crashed host's task drops; RocksDB's shared
-/// background threads).
+/// Held by a run: runs in one process take turns. Even so, a run replays
+/// exactly only as the first in its process ([`crate::process`]).
 static RUNS: Mutex<()> = Mutex::new(());
 
 /// Runs one seed on this thread (after any other thread's run ends).

@@ -21,7 +21,7 @@ const TARGET: Target<'static> = Target {
 };
 
 /// Ok, fail and info counts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tally {
     pub ok: usize,
     pub fail: usize,

@@ -7,12 +7,20 @@
 //! of seeds too, with every partition replica audited and the garbage
 //! check at the end, and replays.
 //!
-//! Replay a failing seed: `TESSERA_SIM_SEED=N cargo test --workspace --test
-//! seeds -- replay --exact` (`TESSERA_SIM_WHOLE_CLUSTER=1 ... --
-//! whole_cluster_replays --exact` for a whole-cluster seed); its history
-//! digest is printed, and the test runs it twice and compares.
+//! Every seed runs in a `tessera-sim` process of its own
+//! ([`tessera_sim::process`]), so what a test saw of a seed is what the
+//! seed does alone. Replay a failing seed with the command its failure
+//! prints: `tessera-sim --seed N ...`, or for a seed with the tests'
+//! default options `TESSERA_SIM_SEED=N cargo test --workspace --test seeds
+//! -- replay --exact` (`TESSERA_SIM_WHOLE_CLUSTER=1 ... --
+//! whole_cluster_replays --exact` for a whole-cluster seed), which runs it
+//! twice and compares the histories.
 
-use tessera_sim::run::{run_seed, SimOptions, DRIFT_PPM_MAX};
+use std::path::Path;
+
+use tessera_sim::process::run_alone;
+use tessera_sim::report::{SeedReport, SimFailure};
+use tessera_sim::run::{SimOptions, DRIFT_PPM_MAX};
 
 /// Seeds every `cargo test` runs.
 const FIXED_SEEDS: [u64; 4] = [1, 2, 3, 4];
@@ -40,7 +48,7 @@ fn replay_seed() -> Option<u64> {
 #[test]
 fn fixed_seeds_hold_every_invariant() {
     for seed in FIXED_SEEDS {
-        let report = run_seed(&SimOptions::new(seed)).unwrap_or_else(|failure| panic!("{failure}"));
+        let report = run(&SimOptions::new(seed)).unwrap_or_else(|failure| panic!("{failure}"));
         println!("{report}");
         assert!(
             report.faults >= 3,
@@ -64,13 +72,7 @@ fn fixed_seeds_hold_every_invariant() {
 #[test]
 fn replay() {
     let seed = replay_seed().unwrap_or(7);
-    let first = run_seed(&SimOptions::new(seed)).unwrap_or_else(|failure| panic!("{failure}"));
-    let second = run_seed(&SimOptions::new(seed)).unwrap_or_else(|failure| panic!("{failure}"));
-    println!("{first}\n{second}");
-    assert_eq!(
-        first.digest, second.digest,
-        "seed {seed} did not replay: histories differ"
-    );
+    let (first, second) = run_twice(&SimOptions::new(seed));
     assert_eq!(first.tally, second.tally);
     assert_eq!(first.applied_max, second.applied_max);
 }
@@ -83,7 +85,7 @@ fn the_deliberate_stale_read_bug_is_caught() {
             stale_reads_bug: true,
             ..SimOptions::new(seed)
         };
-        match run_seed(&options) {
+        match run(&options) {
             Ok(report) => passed.push(report.seed),
             Err(failure) => {
                 println!("caught by seed {seed} after {} passing seeds:\n{failure}", passed.len());
@@ -105,7 +107,7 @@ fn whole_cluster_seeds_hold_every_invariant() {
             drift_ppm_max: if drift { DRIFT_PPM_MAX } else { 0 },
             ..SimOptions::whole_cluster(seed)
         };
-        let report = run_seed(&options).unwrap_or_else(|failure| panic!("{failure}"));
+        let report = run(&options).unwrap_or_else(|failure| panic!("{failure}"));
         println!("{report}");
         assert!(
             report.faults >= 3,
@@ -137,54 +139,46 @@ fn whole_cluster_seeds_hold_every_invariant() {
 }
 
 /// Runs a whole-cluster seed (`TESSERA_SIM_SEED` when
-/// `TESSERA_SIM_WHOLE_CLUSTER` is set, else seed 3) twice, each in its own
-/// `tessera-sim` process, as a user replays a seed: same history. (Two
-/// whole-cluster runs in one process do not replay: measured, seed 3 after
-/// seed 2 differs from seed 3 alone; some process-wide state, not yet
-/// found, carries over.)
+/// `TESSERA_SIM_WHOLE_CLUSTER` is set, else seed 3) twice: same history.
 #[test]
 fn whole_cluster_replays() {
     let chosen = std::env::var_os("TESSERA_SIM_WHOLE_CLUSTER").and_then(|_| replay_seed());
     // A chosen seed runs as the fixed seeds do; the default one without
     // the garbage check, whose quiet period adds no history.
-    let mut args = vec!["--whole-cluster".to_string(), "--seed".to_string()];
-    match chosen {
-        Some(seed) => args.push(seed.to_string()),
-        None => args.extend(["3".to_string(), "--no-garbage-check".to_string()]),
-    }
-    let runs: Vec<std::process::Child> = (0..2)
-        .map(|_| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_tessera-sim"))
-                .args(&args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("starting tessera-sim")
-        })
-        .collect();
-    let reports: Vec<String> = runs.into_iter().map(report_line).collect();
-    println!("{}\n{}", reports[0], reports[1]);
-    let history = |line: &str| line.rsplit("history ").next().map(str::to_string);
-    assert!(
-        history(&reports[0]).is_some_and(|h| h.len() == 16),
-        "no history digest in {:?}",
-        reports[0]
-    );
-    assert_eq!(
-        history(&reports[0]),
-        history(&reports[1]),
-        "tessera-sim {args:?} did not replay: histories differ"
-    );
+    let options = match chosen {
+        Some(seed) => SimOptions::whole_cluster(seed),
+        None => SimOptions {
+            garbage_check: false,
+            ..SimOptions::whole_cluster(3)
+        },
+    };
+    let (first, second) = run_twice(&options);
+    assert_eq!(first.tally, second.tally);
+    assert_eq!(first.set_elements, second.set_elements);
 }
 
-/// The report line of a `tessera-sim` run of one seed that passed.
-fn report_line(run: std::process::Child) -> String {
-    let output = run.wait_with_output().expect("waiting for tessera-sim");
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(output.status.success(), "tessera-sim failed:\n{stdout}");
-    let line = stdout.lines().find(|l| l.starts_with("seed "));
-    line.unwrap_or_else(|| panic!("no report line in:\n{stdout}"))
-        .to_string()
+/// Runs a seed in a `tessera-sim` process of its own.
+fn run(options: &SimOptions) -> Result<SeedReport, SimFailure> {
+    run_alone(Path::new(env!("CARGO_BIN_EXE_tessera-sim")), options)
+}
+
+/// Runs `options` in two processes at once; both must pass with the same
+/// history.
+fn run_twice(options: &SimOptions) -> (SeedReport, SeedReport) {
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| run(options));
+        let second = run(options);
+        (first.join().expect("the first run's thread"), second)
+    });
+    let passed = |run: Result<SeedReport, SimFailure>| run.unwrap_or_else(|failure| panic!("{failure}"));
+    let (first, second) = (passed(first), passed(second));
+    println!("{first}\n{second}");
+    assert_eq!(
+        first.digest, second.digest,
+        "seed {} did not replay: histories differ",
+        options.seed
+    );
+    (first, second)
 }
 
 /// Chunk servers that acknowledge appends before they are synced lose
@@ -199,7 +193,7 @@ fn the_deliberate_ack_before_sync_bug_is_caught() {
             garbage_check: false,
             ..SimOptions::whole_cluster(seed)
         };
-        match run_seed(&options) {
+        match run(&options) {
             Ok(report) => passed.push(report.seed),
             Err(failure) => {
                 println!("caught by seed {seed} after {} passing seeds:\n{failure}", passed.len());

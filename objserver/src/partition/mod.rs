@@ -17,7 +17,7 @@ mod reader;
 mod repair;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,7 +92,9 @@ pub struct PartitionCtx {
 /// The per-term state of a leader.
 struct Term {
     term: u64,
-    writers: HashMap<Redundancy, Writer>,
+    /// Ordered: dropping a term aborts its writers in this order, so a
+    /// simulated run replays.
+    writers: BTreeMap<Redundancy, Writer>,
     /// GC and compaction.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -236,7 +238,7 @@ impl Partition {
         let mut leading = self.leading.lock().map_err(|_| OsError::Internal("poisoned".into()))?;
         *leading = Some(Term {
             term,
-            writers: HashMap::new(),
+            writers: BTreeMap::new(),
             tasks,
         });
         Ok(())

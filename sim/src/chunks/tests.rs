@@ -20,7 +20,7 @@ fn bytes(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn appends_read_back_and_retries_are_idempotent() {
     let store = store();
     store.create(C, Epoch(1)).await.unwrap();
@@ -46,7 +46,7 @@ async fn appends_read_back_and_retries_are_idempotent() {
     assert_eq!(store.create(C, Epoch(1)).await, Err(ChunkError::AlreadyExists(C)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn epochs_fence_old_writers_and_seals_cut_on_boundaries() {
     let store = store();
     store.create(C, Epoch(1)).await.unwrap();
@@ -83,13 +83,15 @@ async fn epochs_fence_old_writers_and_seals_cut_on_boundaries() {
     assert_eq!(store.read(C, 0, 3).await.unwrap(), bytes("abc"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_crash_keeps_acknowledged_writes_and_drops_the_rest() {
     let store = store();
     store.create(C, Epoch(1)).await.unwrap();
     store.append(C, 0, Epoch(1), bytes("durable")).await.unwrap();
     // An append whose sync never finishes (its caller was cancelled, as the
-    // process died): not acknowledged, so a crash may lose it.
+    // process died): not acknowledged, so a crash may lose it. The clock is
+    // paused, so its sync cannot finish within the zero timeout however
+    // slowly this thread runs.
     let pending = store.append(C, 7, Epoch(1), bytes("lost"));
     assert!(tokio::time::timeout(std::time::Duration::ZERO, pending).await.is_err());
     let unsynced = ChunkId(8);
@@ -105,7 +107,7 @@ async fn a_crash_keeps_acknowledged_writes_and_drops_the_rest() {
     assert_eq!(store.stat(unsynced).await, Err(ChunkError::NotFound(unsynced)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn acknowledging_before_the_sync_loses_acknowledged_writes() {
     let store = store();
     store.set_ack_before_sync(true);
@@ -119,7 +121,7 @@ async fn acknowledging_before_the_sync_loses_acknowledged_writes() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_corrupted_byte_is_reported_never_returned() {
     let store = store();
     store.create(C, Epoch(1)).await.unwrap();
@@ -147,7 +149,7 @@ async fn a_corrupted_byte_is_reported_never_returned() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn delete_forgets_the_chunk() {
     let store = store();
     store.create(C, Epoch(1)).await.unwrap();
