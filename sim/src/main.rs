@@ -11,7 +11,7 @@
 //! tessera-sim --whole-cluster --seeds 10       # with object and chunk servers
 //! ```
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs the seeds `args` ask for, each in a process of its own.
-fn run_many(args: &Args, tessera_sim: &PathBuf) -> ExitCode {
+fn run_many(args: &Args, tessera_sim: &Path) -> ExitCode {
     let started = Instant::now();
     let deadline = args.minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
     let mut seeds: Box<dyn Iterator<Item = u64>> = match (args.seeds, deadline) {
