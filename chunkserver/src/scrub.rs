@@ -1,6 +1,9 @@
-//! Background scrub: a rate-limited pass over sealed chunks verifying every
-//! block checksum. Corrupt chunks are logged, counted, and remembered in
-//! [`CorruptChunks`] so heartbeats report them for repair.
+//! Background scrub: a rate-limited pass over every chunk verifying every
+//! block checksum written so far (open chunks too: a partition's open group
+//! stays open as long as its leader lasts, and a bad block there would
+//! otherwise wait for a read to find it). Corrupt chunks are logged,
+//! counted, and remembered in [`CorruptChunks`] so heartbeats report them
+//! for repair.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -45,7 +48,7 @@ pub struct ScrubConfig {
     pub pass_interval: Duration,
 }
 
-/// One pass over every sealed chunk. Returns the bytes verified.
+/// One pass over every chunk. Returns the bytes verified.
 pub async fn scrub_pass<S: ChunkStore, C: Clock>(
     clock: &C,
     store: &S,
@@ -55,7 +58,7 @@ pub async fn scrub_pass<S: ChunkStore, C: Clock>(
 ) -> u64 {
     let mut verified_total = 0;
     let chunks = store.list().await;
-    for info in chunks.iter().filter(|info| info.sealed) {
+    for info in &chunks {
         if *shutdown.borrow() {
             break;
         }

@@ -69,6 +69,16 @@ enum Record {
     },
 }
 
+/// What a disk holds of one chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldChunk {
+    pub chunk: ChunkId,
+    pub length: u64,
+    pub sealed: bool,
+    /// A data record of it fails its CRC.
+    pub corrupt: bool,
+}
+
 /// One chunk: its record log and how much of it is durable.
 #[derive(Clone, Debug)]
 struct MemChunk {
@@ -131,6 +141,16 @@ impl MemChunk {
             epoch: state.epoch,
             sealed: state.sealed,
         }
+    }
+
+    /// Offsets of the data records of `replayed` that fail their CRC.
+    fn corrupt_offsets(&self, replayed: &Replayed) -> Vec<u64> {
+        let records = replayed.pieces.iter().map(|&index| &self.records[index]);
+        let corrupt = records.filter_map(|record| match record {
+            Record::Data { offset, bytes, crc, .. } if crc32c::crc32c(bytes) != *crc => Some(*offset),
+            _ => None,
+        });
+        corrupt.collect()
     }
 
     fn bytes_stored(&self) -> u64 {
@@ -211,9 +231,33 @@ impl MemChunkStore {
         false
     }
 
-    /// Chunk ids with their lengths (for the simulator's checks).
+    /// The ids of the chunks on the disk.
     pub fn chunk_ids(&self) -> Vec<ChunkId> {
         self.lock().chunks.keys().copied().collect()
+    }
+
+    /// Every chunk on the disk as a restart would find it (its synced
+    /// prefix), for the simulator's end-of-run checks.
+    pub fn held_after_crash(&self) -> Vec<HeldChunk> {
+        let state = self.lock();
+        let durable = state.chunks.iter().filter_map(|(id, stored)| {
+            let synced = MemChunk {
+                records: stored.records[..stored.synced_records].to_vec(),
+                synced_records: stored.synced_records,
+            };
+            (!synced.records.is_empty()).then_some((*id, synced))
+        });
+        durable
+            .map(|(chunk, synced)| {
+                let replayed = synced.replay();
+                HeldChunk {
+                    chunk,
+                    length: replayed.length,
+                    sealed: replayed.sealed,
+                    corrupt: !synced.corrupt_offsets(&replayed).is_empty(),
+                }
+            })
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, StoreState> {
@@ -496,14 +540,7 @@ impl ChunkStore for MemChunkStore {
         let state = self.lock();
         let stored = state.chunks.get(&chunk).ok_or(ChunkError::NotFound(chunk))?;
         let replayed = stored.replay();
-        let mut corrupt_offsets = Vec::new();
-        for &index in &replayed.pieces {
-            if let Record::Data { offset, bytes, crc, .. } = &stored.records[index] {
-                if crc32c::crc32c(bytes) != *crc {
-                    corrupt_offsets.push(*offset);
-                }
-            }
-        }
+        let corrupt_offsets = stored.corrupt_offsets(&replayed);
         self.corrupt_blocks
             .fetch_add(corrupt_offsets.len() as u64, Ordering::Relaxed);
         Ok(ScrubReport {

@@ -48,14 +48,18 @@ pub struct Args {
     #[arg(long)]
     pub show_faults: bool,
     /// Bound of each host's clock-rate drift, in parts per million (0:
-    /// no drift; --drift alone: 50000, i.e. 5%).
-    #[arg(long, num_args = 0..=1, default_value_t = 0, default_missing_value = "50000")]
+    /// no drift).
+    #[arg(long, default_value_t = crate::run::DRIFT_PPM_MAX)]
     pub drift: u64,
     /// Skip the whole-cluster garbage check (and its quiet period) at the
     /// end of each seed.
     #[arg(long)]
     pub no_garbage_check: bool,
-    /// Stop at the first failing seed.
+    /// Seeds run at once, each in its own process (default: one per
+    /// core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Stop at the first failing seed (seeds already running finish).
     #[arg(long)]
     pub stop_at_failure: bool,
     /// Print each seed's outcome as one JSON line (what a parent
@@ -161,7 +165,7 @@ mod tests {
             SimOptions {
                 ack_before_sync_bug: true,
                 garbage_check: false,
-                drift_ppm_max: 50_000,
+                drift_ppm_max: 0,
                 ..SimOptions::whole_cluster(6)
             },
         ];

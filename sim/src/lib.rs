@@ -1,6 +1,7 @@
 //! Deterministic simulation of a Tessera cluster (issue 7): the real node
 //! code under turmoil, one thread, one seed.
 
+pub mod chunk_check;
 pub mod chunks;
 pub mod cli;
 pub mod cluster;

@@ -9,10 +9,12 @@
 //! tessera-sim --minutes 30              # random seeds for 30 minutes
 //! tessera-sim --minutes 5 --stale-reads-bug   # how fast the bug is caught
 //! tessera-sim --whole-cluster --seeds 10       # with object and chunk servers
+//! tessera-sim --minutes 30 --jobs 1     # one seed at a time (default: one per core)
 //! ```
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -43,28 +45,40 @@ fn main() -> ExitCode {
     run_many(&args, &tessera_sim)
 }
 
-/// Runs the seeds `args` ask for, each in a process of its own.
+/// What the workers of [`run_many`] share: the seeds not yet taken and
+/// the outcomes so far.
+struct Progress {
+    seeds: Box<dyn Iterator<Item = u64> + Send>,
+    passed: u64,
+    failed: Vec<u64>,
+}
+
+/// Runs the seeds `args` ask for, each in a process of its own, `--jobs`
+/// at a time; outcomes print as they come.
 fn run_many(args: &Args, tessera_sim: &Path) -> ExitCode {
     let started = Instant::now();
     let deadline = args.minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
-    let mut seeds: Box<dyn Iterator<Item = u64>> = match (args.seeds, deadline) {
+    let seeds: Box<dyn Iterator<Item = u64> + Send> = match (args.seeds, deadline) {
         (Some(count), _) => Box::new(args.first..args.first.saturating_add(count)),
         (None, Some(_)) => Box::new(std::iter::repeat_with(tessera_common::rng::random_u64)),
         (None, None) => Box::new(std::iter::once(args.first)),
     };
-    let (mut passed, mut failed) = (0u64, Vec::new());
-    while deadline.is_none_or(|d| Instant::now() < d) {
-        let Some(seed) = seeds.next() else { break };
-        let result = run_alone(tessera_sim, &args.options(seed));
-        match result.is_ok() {
-            true => passed += 1,
-            false => failed.push(seed),
+    let progress = Mutex::new(Progress {
+        seeds,
+        passed: 0,
+        failed: Vec::new(),
+    });
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| run_seeds(args, tessera_sim, deadline, &progress));
         }
-        print_outcome(args, result);
-        if args.stop_at_failure && !failed.is_empty() {
-            break;
-        }
-    }
+    });
+    let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (passed, failed) = (progress.passed, progress.failed);
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     let total = passed + failed.len() as u64;
     println!(
@@ -75,6 +89,31 @@ fn run_many(args: &Args, tessera_sim: &Path) -> ExitCode {
     match failed.is_empty() {
         true => ExitCode::SUCCESS,
         false => ExitCode::FAILURE,
+    }
+}
+
+/// One worker of [`run_many`]: takes the next seed until none is left,
+/// the deadline passed, or (with `--stop-at-failure`) a seed failed.
+fn run_seeds(args: &Args, tessera_sim: &Path, deadline: Option<Instant>, progress: &Mutex<Progress>) {
+    let lock = || progress.lock().unwrap_or_else(|p| p.into_inner());
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        let seed = {
+            let mut progress = lock();
+            if args.stop_at_failure && !progress.failed.is_empty() {
+                return;
+            }
+            match progress.seeds.next() {
+                Some(seed) => seed,
+                None => return,
+            }
+        };
+        let result = run_alone(tessera_sim, &args.options(seed));
+        let mut progress = lock();
+        match result.is_ok() {
+            true => progress.passed += 1,
+            false => progress.failed.push(seed),
+        }
+        print_outcome(args, result);
     }
 }
 

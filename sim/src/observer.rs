@@ -30,6 +30,8 @@ use tessera_nameserver::raft::RaftMetrics;
 use tessera_objserver::state::audit::AuditReport;
 use tessera_raft::machine::LogId;
 
+use crate::chunk_check::Layout;
+
 /// The name servers' Raft group in reports.
 pub const NAME_SERVICE: &str = "ns";
 
@@ -53,16 +55,27 @@ struct State {
     reports: u64,
     /// Partition-state audits that came back clean.
     audits_clean: u64,
-    /// member → its latest audit: (when, applied index, report).
-    latest_audits: BTreeMap<Member, (Duration, u64, AuditReport)>,
+    /// member → its latest audit.
+    latest_audits: BTreeMap<Member, Audit>,
+}
+
+/// One replica's audit: when, of which applied index, what it found, and
+/// the chunk groups it holds.
+struct Audit {
+    at: Duration,
+    applied: u64,
+    report: AuditReport,
+    layout: Layout,
 }
 
 /// What the partitions hold (from their audits).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stored {
     pub objects: u64,
     pub gc_entries: u64,
     pub live_bytes: u64,
+    /// Each partition's chunk groups.
+    pub layouts: Vec<Layout>,
 }
 
 /// Shared by the hosts (which report) and the run loop (which checks).
@@ -129,20 +142,27 @@ impl Observer {
     }
 
     /// One partition replica's state audit, of its state at log index
-    /// `applied`.
-    pub fn audited(&self, group: &str, node: u64, applied: u64, report: &AuditReport, at: Duration) {
+    /// `applied`, with its chunk groups.
+    pub fn audited(&self, group: &str, node: u64, applied: u64, report: AuditReport, layout: Layout, at: Duration) {
         let mut state = self.lock();
         let member = (group.to_string(), node);
-        state.latest_audits.insert(member, (at, applied, report.clone()));
-        if report.is_clean() {
+        let clean = report.is_clean();
+        let problems = format!(
+            "{} audit problems: {}",
+            report.problems_total,
+            report.problems.join("; ")
+        );
+        let audit = Audit {
+            at,
+            applied,
+            report,
+            layout,
+        };
+        state.latest_audits.insert(member, audit);
+        if clean {
             state.audits_clean += 1;
         } else {
-            let violation = format!(
-                "{at:?}: {group} on n{node}: {} audit problems: {}",
-                report.problems_total,
-                report.problems.join("; ")
-            );
-            state.violations.push(violation);
+            state.violations.push(format!("{at:?}: {group} on n{node}: {problems}"));
         }
     }
 
@@ -151,22 +171,23 @@ impl Observer {
     /// names a group without such an audit.
     pub fn stored_since(&self, since: Duration) -> Result<Stored, String> {
         let state = self.lock();
-        let mut best: BTreeMap<&str, Option<(u64, &AuditReport)>> = BTreeMap::new();
-        for ((group, _), (at, applied, report)) in &state.latest_audits {
+        let mut best: BTreeMap<&str, Option<&Audit>> = BTreeMap::new();
+        for ((group, _), audit) in &state.latest_audits {
             let slot = best.entry(group.as_str()).or_default();
-            let newer = slot.is_none_or(|(best_applied, _)| *applied > best_applied);
-            if *at >= since && newer {
-                *slot = Some((*applied, report));
+            let newer = slot.is_none_or(|best| audit.applied > best.applied);
+            if audit.at >= since && newer {
+                *slot = Some(audit);
             }
         }
         let mut stored = Stored::default();
         for (group, slot) in best {
-            let Some((_, report)) = slot else {
+            let Some(audit) = slot else {
                 return Err(format!("{group}: no replica audited after {since:?}"));
             };
-            stored.objects += report.objects;
-            stored.gc_entries += report.gc_entries;
-            stored.live_bytes += report.live_bytes;
+            stored.objects += audit.report.objects;
+            stored.gc_entries += audit.report.gc_entries;
+            stored.live_bytes += audit.report.live_bytes;
+            stored.layouts.push(audit.layout.clone());
         }
         Ok(stored)
     }

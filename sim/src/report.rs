@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunk_check::ChunksChecked;
 use crate::drift::DriftRates;
 use crate::objects;
 use crate::workload::Tally;
@@ -27,9 +28,9 @@ pub struct SeedReport {
     /// Partition-replica state audits that came back clean (whole-cluster
     /// runs; an unclean one fails the run).
     pub audits_clean: u64,
-    /// What the names needed when the garbage check found the partitions
-    /// holding exactly that (runs with [`SimOptions::garbage_check`]).
-    pub garbage_checked: Option<objects::Live>,
+    /// What the garbage check compared when it found nothing beside what
+    /// the names need (runs with [`SimOptions::garbage_check`]).
+    pub garbage_checked: Option<NoGarbage>,
     pub elections_won: usize,
     pub applied_max: u64,
     /// blake3 of the history without wall-clock times: equal for equal runs.
@@ -51,7 +52,10 @@ impl fmt::Display for SeedReport {
             self.set_elements,
             self.audits_clean,
             match self.garbage_checked {
-                Some(live) => format!("no garbage beside {} names of {} bytes", live.objects, live.bytes),
+                Some(NoGarbage { live, chunks }) => format!(
+                    "no garbage beside {} names of {} bytes in {} chunks ({} group columns)",
+                    live.objects, live.bytes, chunks.held, chunks.referenced
+                ),
                 None => "no garbage check".to_string(),
             },
             self.faults,
@@ -62,6 +66,14 @@ impl fmt::Display for SeedReport {
             &self.digest[..16]
         )
     }
+}
+
+/// What a passed garbage check compared: the partitions held exactly what
+/// the names need, the chunk servers exactly the groups' chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoGarbage {
+    pub live: objects::Live,
+    pub chunks: ChunksChecked,
 }
 
 /// A run that broke an invariant or could not run.

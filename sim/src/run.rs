@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tessera_common::ids::NodeId;
 use tessera_common::ns_api::{NsError, StoragePolicy};
 use tessera_common::ns_client::{NameServerClient, NsCallError, NsClientConfig};
 use tessera_common::rpc::RpcClient;
@@ -32,9 +33,9 @@ use crate::drift::{with_drift, DriftRates};
 use crate::nemesis::{Nemesis, Targets, LATENCY_MAX};
 use crate::net::TurmoilNetwork;
 use crate::observer::Observer;
-use crate::report::{SeedReport, SimFailure};
+use crate::report::{NoGarbage, SeedReport, SimFailure};
 use crate::workload::{self, History, Tally, BUCKET};
-use crate::{objects, storage};
+use crate::{chunk_check, objects, storage};
 
 /// What a run does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,10 +61,10 @@ pub struct SimOptions {
     pub garbage_check: bool,
 }
 
-/// The bound of clock-rate drift `tessera-sim --drift` uses: 5%, far
-/// beyond a quartz clock's 0.01%, so that a 30-second run sees timing
-/// differences a real cluster takes hours or a misbehaving hypervisor to
-/// build up.
+/// The bound of clock-rate drift runs use unless told otherwise
+/// (`tessera-sim --drift PPM`): 5%, far beyond a quartz clock's 0.01%, so
+/// that a 30-second run sees timing differences a real cluster takes hours
+/// or a misbehaving hypervisor to build up.
 pub const DRIFT_PPM_MAX: u64 = 50_000;
 
 impl SimOptions {
@@ -75,7 +76,7 @@ impl SimOptions {
             stale_reads_bug: false,
             ack_before_sync_bug: false,
             storage: false,
-            drift_ppm_max: 0,
+            drift_ppm_max: DRIFT_PPM_MAX,
             garbage_check: false,
         }
     }
@@ -148,6 +149,10 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
             store.set_ack_before_sync(options.ack_before_sync_bug);
         }
     }
+    let disks: Vec<(NodeId, MemChunkStore)> = (1..=storage::CHUNK_SERVERS)
+        .map(storage::chunk_node)
+        .zip(targets.chunk_servers.iter().map(|(_, store)| store.clone()))
+        .collect();
     let history = History::default();
     let outcome = ClientOutcome::default();
     let finished = outcome.finished.clone();
@@ -199,7 +204,9 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
         return Err(fail(e, nemesis.log));
     }
     let garbage_checked = match options.storage && options.garbage_check {
-        true => Some(check_no_garbage(&observer, &outcome).map_err(|reason| fail(reason, nemesis.log.clone()))?),
+        true => {
+            Some(check_no_garbage(&observer, &outcome, &disks).map_err(|reason| fail(reason, nemesis.log.clone()))?)
+        }
         false => None,
     };
     let events = history.events();
@@ -245,9 +252,14 @@ type Listing = (Duration, Result<objects::Live, String>);
 
 /// DESIGN §8.3: once the TTLs have passed, nothing is left but what the
 /// live names need: no GC entry (every write committed and confirmed, or
-/// reaped), one object record per name, and live bytes exactly the names'
-/// sizes (every overwritten or deleted version freed).
-fn check_no_garbage(observer: &Observer, outcome: &ClientOutcome) -> Result<objects::Live, String> {
+/// reaped), one object record per name, live bytes exactly the names'
+/// sizes (every overwritten or deleted version freed), and on the chunk
+/// servers exactly the chunks of the groups ([`chunk_check`]).
+fn check_no_garbage(
+    observer: &Observer,
+    outcome: &ClientOutcome,
+    disks: &[(NodeId, MemChunkStore)],
+) -> Result<NoGarbage, String> {
     let listed = outcome.listed.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let Some((listed_at, live)) = listed else {
         return Err("the clients did not list the bucket after the quiet period".into());
@@ -256,7 +268,10 @@ fn check_no_garbage(observer: &Observer, outcome: &ClientOutcome) -> Result<obje
     let stored = observer.stored_since(listed_at)?;
     let clean = stored.gc_entries == 0 && stored.objects == live.objects && stored.live_bytes == live.bytes;
     match clean {
-        true => Ok(live),
+        true => Ok(NoGarbage {
+            live,
+            chunks: chunk_check::check(&stored.layouts, disks)?,
+        }),
         false => Err(format!(
             "garbage {QUIET:?} after the faults: the names need {} objects of {} bytes; the partitions hold {} objects, {} live bytes, {} GC entries",
             live.objects, live.bytes, stored.objects, stored.live_bytes, stored.gc_entries

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tessera_chunkserver::config::ChunkServerConfig;
 use tessera_chunkserver::file_store::FileStoreConfig;
 use tessera_chunkserver::node::ChunkServer;
+use tessera_common::ids::NodeId;
 use tessera_common::rpc::Network;
 use tessera_objserver::config::{DataSettings, ObjServerConfig};
 use tessera_objserver::node::ObjServer;
@@ -19,6 +20,7 @@ use tessera_objserver::partition::Partition;
 use tessera_objserver::state::{Query, QueryResponse};
 use tessera_raft::tuning::RaftTuning;
 
+use crate::chunk_check::Layout;
 use crate::chunks::MemChunkStore;
 use crate::cluster::PORT;
 use crate::net::TurmoilNetwork;
@@ -39,6 +41,11 @@ pub fn object_host(index: u64) -> String {
 
 pub fn chunk_host(index: u64) -> String {
     format!("cs{index}")
+}
+
+/// The node id of chunk server `index`.
+pub fn chunk_node(index: u64) -> NodeId {
+    NodeId(100 + index)
 }
 
 /// Raft timing of the simulated partitions (as the name servers').
@@ -72,15 +79,17 @@ pub fn object_server_config(index: u64, ip: IpAddr, name_servers: &[SocketAddr],
             compaction_interval_ms: 2_000,
             release_grace_ms: 3_000,
             repair_interval_ms: 2_000,
+            orphan_scan_interval_ms: 2_000,
+            orphan_grace_ms: 5_000,
             ..DataSettings::default()
         },
     }
 }
 
-/// The configuration of chunk server `index` (node id `100 + index`).
+/// The configuration of chunk server `index` ([`chunk_node`]).
 pub fn chunk_server_config(index: u64, ip: IpAddr, name_servers: &[SocketAddr]) -> ChunkServerConfig {
     ChunkServerConfig {
-        node_id: 100 + index,
+        node_id: chunk_node(index).0,
         listen: SocketAddr::new(ip, PORT),
         advertise: None,
         zone: format!("z{}", index % ZONES),
@@ -122,13 +131,21 @@ pub async fn object_server(config: ObjServerConfig, network: TurmoilNetwork, obs
 }
 
 /// Audits one replica's applied state (at least as new as `applied`: the
-/// index is read first); a failed read is not a violation
-/// (the replica may be shutting down).
+/// index is read first) and reads its chunk groups; a failed read is not a
+/// violation (the replica may be shutting down).
 async fn audit(partition: &Partition, group: &str, node_id: u64, applied: u64, observer: &Observer) {
-    match partition.raft().stale_query(Query::Audit).await {
-        Ok(QueryResponse::Audit(report)) => observer.audited(group, node_id, applied, &report, now()),
-        Ok(other) => observer.record_violation(now(), format!("{group} on n{node_id}: audit answered {other:?}")),
-        Err(e) => tracing::debug!(group, node_id, "audit not read: {e}"),
+    let raft = partition.raft();
+    let answers = (
+        raft.stale_query(Query::Audit).await,
+        raft.stale_query(Query::Groups).await,
+        raft.stale_query(Query::Lost).await,
+    );
+    match answers {
+        (Ok(QueryResponse::Audit(report)), Ok(QueryResponse::Groups(groups)), Ok(QueryResponse::Lost(lost))) => {
+            observer.audited(group, node_id, applied, report, Layout { groups, lost }, now())
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => tracing::debug!(group, node_id, "audit not read: {e}"),
+        other => observer.record_violation(now(), format!("{group} on n{node_id}: audit answered {other:?}")),
     }
 }
 
