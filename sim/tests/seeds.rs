@@ -51,16 +51,8 @@ fn fixed_seeds_hold_every_invariant() {
     for seed in FIXED_SEEDS {
         let report = run(&SimOptions::new(seed)).unwrap_or_else(|failure| panic!("{failure}"));
         println!("{report}");
-        assert!(
-            report.faults >= 3,
-            "seed {seed}: only {} faults inflicted",
-            report.faults
-        );
-        assert!(
-            report.tally.ok >= 100,
-            "seed {seed}: only {} ok operations",
-            report.tally.ok
-        );
+        at_least(seed, report.faults, 3, "faults inflicted");
+        at_least(seed, report.tally.ok, 100, "ok operations");
         assert!(
             report.elections_won >= 2,
             "seed {seed}: no leader change ({} elections won)",
@@ -111,37 +103,13 @@ fn whole_cluster_seeds_hold_every_invariant() {
         };
         let report = run(&options).unwrap_or_else(|failure| panic!("{failure}"));
         println!("{report}");
-        assert!(
-            report.faults >= 3,
-            "seed {seed}: only {} faults inflicted",
-            report.faults
-        );
-        assert!(
-            report.tally.ok_writes >= 50,
-            "seed {seed}: only {} objects written",
-            report.tally.ok_writes
-        );
-        assert!(
-            report.tally.ok >= 200,
-            "seed {seed}: only {} ok operations",
-            report.tally.ok
-        );
-        assert!(
-            report.audits_clean >= 100,
-            "seed {seed}: only {} partition states audited",
-            report.audits_clean
-        );
+        at_least(seed, report.faults, 3, "faults inflicted");
+        at_least(seed, report.tally.ok_writes, 50, "objects written");
+        at_least(seed, report.tally.ok, 200, "ok operations");
+        at_least(seed, report.audits_clean, 100, "partition states audited");
         let checked = report.garbage_checked.expect("the garbage check ran");
-        assert!(
-            checked.live.objects >= 50,
-            "seed {seed}: only {} names checked for garbage",
-            checked.live.objects
-        );
-        assert!(
-            checked.chunks.referenced >= 6,
-            "seed {seed}: only {} group columns checked against the chunk servers",
-            checked.chunks.referenced
-        );
+        at_least(seed, checked.live.objects, 50, "names checked for garbage");
+        at_least(seed, checked.chunks.referenced, 6, "columns checked on chunk servers");
     }
 }
 
@@ -162,6 +130,11 @@ fn whole_cluster_replays() {
     let (first, second) = run_twice(&options);
     assert_eq!(first.tally, second.tally);
     assert_eq!(first.set_elements, second.set_elements);
+}
+
+/// Asserts that a seed's report counted at least `min` of `what`.
+fn at_least<T: PartialOrd + std::fmt::Display>(seed: u64, counted: T, min: T, what: &str) {
+    assert!(counted >= min, "seed {seed}: only {counted} {what}");
 }
 
 /// Runs a seed in a `tessera-sim` process of its own.
