@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_common::ids::{ChunkId, Epoch, NodeId};
 
@@ -213,7 +213,9 @@ async fn rebuild_into(
     let epoch = Epoch(term);
     io.create_chunks(&single, epoch).await.map_err(|e| e.to_string())?;
     let rate = partition.ctx.settings.repair_bytes_per_sec.max(1);
-    let started = Instant::now();
+    // tokio's clock, as the sleep below: a paused or simulated clock must
+    // not mix with the machine's.
+    let started = tokio::time::Instant::now();
     let mut offset = 0;
     while offset < length {
         let len = BLOCK_BYTES.min(length - offset);
