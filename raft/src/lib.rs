@@ -16,7 +16,8 @@
 //! - `batcher`: group commit, concurrent proposals as one log entry.
 //! - [`registry`], [`group`]: the groups of a process and the handle of one.
 //! - [`tuning`]: timing and compaction knobs; [`error`]: [`ProposeError`].
-//! - [`testing`]: a tiny counter state machine for tests.
+//! - [`testing`]: a tiny counter state machine for tests; [`deliberate_bugs`]:
+//!   storage bugs for the simulator to catch.
 
 // openraft's traits dictate `StorageError` (224 bytes) as the error type of
 // every storage call; boxing it in our helpers would only add conversions.
@@ -24,6 +25,7 @@
 
 mod batcher;
 pub mod codec;
+pub mod deliberate_bugs;
 pub mod error;
 pub mod group;
 pub mod group_calls;

@@ -114,10 +114,11 @@ pub fn store_error(verb: ErrorVerb, source: impl Into<AnyError>) -> StorageError
     StorageIOError::new(ErrorSubject::Store, verb, source).into()
 }
 
-/// Write options of Raft's own durable writes: synced before returning.
+/// Write options of Raft's own durable writes: synced before returning
+/// (unless the simulator turned [`crate::deliberate_bugs::unsynced_log`] on).
 pub fn synced() -> rocksdb::WriteOptions {
     let mut options = rocksdb::WriteOptions::default();
-    options.set_sync(true);
+    options.set_sync(!crate::deliberate_bugs::unsynced_log());
     options
 }
 

@@ -44,6 +44,10 @@ pub struct Args {
     /// on (with --whole-cluster).
     #[arg(long)]
     pub ack_before_sync_bug: bool,
+    /// Turn the deliberate bug of Raft writes not synced on (name and
+    /// object servers).
+    #[arg(long)]
+    pub unsynced_log_bug: bool,
     /// Print each passing seed's faults and clock drift too.
     #[arg(long)]
     pub show_faults: bool,
@@ -77,6 +81,7 @@ impl Args {
             clients: self.clients.unwrap_or(base.clients),
             stale_reads_bug: self.stale_reads_bug,
             ack_before_sync_bug: self.ack_before_sync_bug,
+            unsynced_log_bug: self.unsynced_log_bug,
             drift_ppm_max: self.drift,
             garbage_check: base.garbage_check && !self.no_garbage_check,
             ..base
@@ -110,6 +115,9 @@ pub fn flags_of(options: &SimOptions) -> Vec<String> {
     }
     if options.ack_before_sync_bug {
         flags.push("--ack-before-sync-bug".into());
+    }
+    if options.unsynced_log_bug {
+        flags.push("--unsynced-log-bug".into());
     }
     if options.drift_ppm_max != base.drift_ppm_max {
         flags.extend(["--drift".into(), options.drift_ppm_max.to_string()]);
@@ -159,6 +167,7 @@ mod tests {
                 workload: Duration::from_secs(7),
                 clients: 2,
                 stale_reads_bug: true,
+                unsynced_log_bug: true,
                 drift_ppm_max: 1_000,
                 ..SimOptions::new(5)
             },

@@ -1,7 +1,8 @@
 //! The simulated cluster's hosts: three real name servers
 //! ([`RaftNode::start_on`] over [`TurmoilNetwork`]), each with its own
 //! RocksDB directory that outlives crashes, so a restarted host recovers
-//! from what it wrote, as after `kill -9`.
+//! from what it wrote, as after `kill -9`, or from what it synced, after a
+//! power loss ([`crate::power`]).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};

@@ -10,6 +10,7 @@ pub mod nemesis;
 pub mod net;
 pub mod objects;
 pub mod observer;
+pub mod power;
 pub mod process;
 pub mod report;
 pub mod run;

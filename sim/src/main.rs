@@ -10,6 +10,7 @@
 //! tessera-sim --minutes 5 --stale-reads-bug   # how fast the bug is caught
 //! tessera-sim --whole-cluster --seeds 10       # with object and chunk servers
 //! tessera-sim --minutes 30 --jobs 1     # one seed at a time (default: one per core)
+//! tessera-sim --seeds 20 --unsynced-log-bug   # which seeds catch Raft writes not synced
 //! ```
 
 use std::path::Path;
@@ -23,6 +24,9 @@ use tessera_sim::process::{run_alone, Outcome};
 use tessera_sim::report::{SeedReport, SimFailure};
 use tessera_sim::run::run_seed;
 
+// Power loss of name and object servers observes every fsync.
+tessera_sim::interpose_fsync!();
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let _ = tracing_subscriber::fmt()
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     if let Some(seed) = args.seed {
+        tessera_sim::process::report_first_panic();
         let result = run_seed(&args.options(seed));
         let passed = result.is_ok();
         print_outcome(&args, result);

@@ -7,8 +7,9 @@
 //!   machine safety): the log id each node reports as applied is recorded
 //!   per index and must agree;
 //! - a leader id leads on one node only, and a node's term never goes back;
-//! - a node's applied index never goes back, across restarts too (what a
-//!   node applied is durable before it is reported).
+//! - a node's applied index never goes back, across restarts too, but for
+//!   a power loss: applying is not synced (the log is, and a restarted node
+//!   applies it again), so a node that lost power starts a new floor.
 //!
 //! "At most one leader per term" is not checked as such: openraft (without
 //! its `single-term-leader` feature) identifies a leader by (term, node id)
@@ -190,6 +191,13 @@ impl Observer {
             stored.layouts.push(audit.layout.clone());
         }
         Ok(stored)
+    }
+
+    /// Node `node` lost power: what it applied after its last synced write
+    /// is gone (it applies it again from its log), so its applied indexes
+    /// may go back once.
+    pub fn power_lost(&self, node: u64) {
+        self.lock().applied.retain(|(_, member), _| *member != node);
     }
 
     /// Partition-state audits that came back clean.

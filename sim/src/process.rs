@@ -46,6 +46,24 @@ impl Outcome {
     }
 }
 
+/// Marks the line [`report_first_panic`] prints.
+const FIRST_PANIC: &str = "tessera-sim: first panic: ";
+
+/// Makes the first panic of this process (a node's assertion, say) print
+/// as one marked line before the default report, so that [`run_alone`]
+/// names the cause and not the panics that follow it as the runtime
+/// unwinds.
+pub fn report_first_panic() {
+    let default = std::panic::take_hook();
+    let reported = std::sync::atomic::AtomicBool::new(false);
+    std::panic::set_hook(Box::new(move |info| {
+        if !reported.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("{FIRST_PANIC}{}", info.to_string().replace('\n', " "));
+        }
+        default(info);
+    }));
+}
+
 /// Runs `options` in a process of its own: `tessera_sim` (the
 /// `tessera-sim` binary) with the run's flags and `--json`. A process
 /// that dies or prints no outcome is a failure of the seed, with the end
@@ -68,13 +86,20 @@ pub fn run_alone(tessera_sim: &Path, options: &SimOptions) -> Result<SeedReport,
         .lines()
         .rev()
         .find_map(|line| serde_json::from_str::<Outcome>(line).ok());
-    match outcome {
-        Some(outcome) => outcome.into_result(),
-        None => Err(failure(format!(
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let panic = stderr.lines().find_map(|line| line.strip_prefix(FIRST_PANIC));
+    match (outcome, panic) {
+        (Some(outcome), _) => outcome.into_result(),
+        (None, Some(panic)) => Err(failure(format!(
+            "its process ended ({}) in a panic: {panic}; its last output:\n{}",
+            output.status,
+            tail(&stderr, 20)
+        ))),
+        (None, None) => Err(failure(format!(
             "its process ended ({}) without an outcome; its last output:\n{}\n{}",
             output.status,
             tail(&stdout, 20),
-            tail(&String::from_utf8_lossy(&output.stderr), 40)
+            tail(&stderr, 40)
         ))),
     }
 }

@@ -12,6 +12,7 @@
 //! ([`SeedReport::digest`]) when it is the first run of its process
 //! ([`crate::process`]).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ use crate::chunks::{MemChunkStore, MemStoreConfig};
 use crate::cli::replay_command;
 use crate::cluster::{self, host_name, NAME_SERVERS};
 use crate::drift::{with_drift, DriftRates};
-use crate::nemesis::{Nemesis, Targets, LATENCY_MAX};
+use crate::nemesis::{Nemesis, RocksHost, Targets, LATENCY_MAX};
 use crate::net::TurmoilNetwork;
 use crate::observer::Observer;
 use crate::report::{NoGarbage, SeedReport, SimFailure};
@@ -49,6 +50,9 @@ pub struct SimOptions {
     /// Turn on [`MemChunkStore::set_ack_before_sync`] on every chunk
     /// server (whole-cluster runs).
     pub ack_before_sync_bug: bool,
+    /// Turn on [`tessera_raft::deliberate_bugs::set_unsynced_log`] on every
+    /// name server and object server.
+    pub unsynced_log_bug: bool,
     /// Also run object and chunk servers, and the object workload through
     /// the gateway's write protocol instead of the name-server one.
     pub storage: bool,
@@ -75,6 +79,7 @@ impl SimOptions {
             clients: 4,
             stale_reads_bug: false,
             ack_before_sync_bug: false,
+            unsynced_log_bug: false,
             storage: false,
             drift_ppm_max: DRIFT_PPM_MAX,
             garbage_check: false,
@@ -111,6 +116,7 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
         faults,
         drift: drift.clone(),
     };
+    crate::power::check_interposed().map_err(|e| fail(e, Vec::new()))?;
     let data = data_dir().map_err(|e| fail(format!("creating a data directory: {e}"), Vec::new()))?;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -126,9 +132,12 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
     let members: Vec<(u64, IpAddr)> = (1..=NAME_SERVERS).map(|id| (id, sim.lookup(host_name(id)))).collect();
     let observer = Observer::default();
     let network = TurmoilNetwork::default();
+    let mut rocksdb_hosts = BTreeMap::new();
     for (id, _) in &members {
         let config = cluster::name_server_config(*id, &members, data.path(), options.storage)
             .map_err(|e| fail(format!("{e:#}"), Vec::new()))?;
+        let data_dir = config.data_dir.clone();
+        rocksdb_hosts.insert(host_name(*id), RocksHost { node: *id, data_dir });
         let (observer, network) = (observer.clone(), network.clone());
         let ppm = drift.of(&host_name(*id));
         sim.host(host_name(*id), move || {
@@ -141,6 +150,7 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
     let mut targets = Targets {
         name_servers: members.iter().map(|(id, _)| *id).collect(),
         clients: vec![CLIENT.to_string()],
+        rocksdb_hosts,
         ..Targets::default()
     };
     if options.storage {
@@ -181,6 +191,7 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
         seed,
         network,
         targets,
+        observer.clone(),
         Duration::from_secs(2),
         options.workload.saturating_sub(Duration::from_secs(3)),
     );
@@ -191,13 +202,17 @@ pub fn run_seed(options: &SimOptions) -> Result<SeedReport, SimFailure> {
             Err(e) => return Err(fail(format!("the simulation failed: {e}"), nemesis.log)),
         }
         let now = sim.elapsed();
-        nemesis.step(&mut sim, now, observer.leader());
+        if let Err(reason) = nemesis.step(&mut sim, now, observer.leader()) {
+            return Err(fail(reason, nemesis.log));
+        }
         let violations = observer.violations();
         if !violations.is_empty() {
             return Err(fail(violations.join("; "), nemesis.log));
         }
     }
-    nemesis.heal_all(&mut sim);
+    if let Err(reason) = nemesis.heal_all(&mut sim) {
+        return Err(fail(reason, nemesis.log));
+    }
     let simulated = sim.elapsed();
     drop(sim);
     if let Some(Err(e)) = finished.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -354,6 +369,8 @@ fn storage_hosts(
     for index in 1..=storage::OBJECT_SERVERS {
         let host = storage::object_host(index);
         let config = storage::object_server_config(index, sim.lookup(host.as_str()), &name_servers, data_root);
+        let (node, data_dir) = (config.node_id, config.data_dir.clone());
+        targets.rocksdb_hosts.insert(host.clone(), RocksHost { node, data_dir });
         let (network, observer, ppm) = (network.clone(), observer.clone(), drift.of(&host));
         sim.host(host.as_str(), move || {
             with_drift(
@@ -498,6 +515,7 @@ impl ThreadSetup {
         tessera_common::rng::seed_thread(options.seed);
         tessera_common::blocking::inline_on_this_thread(true);
         tessera_nameserver::deliberate_bugs::set_stale_reads(options.stale_reads_bug);
+        tessera_raft::deliberate_bugs::set_unsynced_log(options.unsynced_log_bug);
         ThreadSetup
     }
 }
@@ -507,5 +525,6 @@ impl Drop for ThreadSetup {
         tessera_common::rng::unseed_thread();
         tessera_common::blocking::inline_on_this_thread(false);
         tessera_nameserver::deliberate_bugs::set_stale_reads(false);
+        tessera_raft::deliberate_bugs::set_unsynced_log(false);
     }
 }

@@ -1,6 +1,6 @@
 //! The simulated cluster's storage hosts: object servers
 //! ([`ObjServer::start_on`], each with a RocksDB directory that outlives its
-//! crashes) and chunk servers (the real chunk service and heartbeats,
+//! crashes, cut back to its last sync by a power loss) and chunk servers (the real chunk service and heartbeats,
 //! [`ChunkServer::serve_store`], over a [`MemChunkStore`] that outlives
 //! crashes but loses what was not synced).
 
