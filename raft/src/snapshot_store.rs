@@ -72,8 +72,10 @@ fn file_error(meta: Option<&SnapshotMeta>, e: SnapshotFileError) -> StorageError
     write_error(meta, AnyError::error(e.to_string()))
 }
 
+/// Drawn from `tessera_common::rng`, which the simulator seeds: a name
+/// from the OS's entropy would make a seed's runs differ.
 fn nonce_name(prefix: &str, suffix: &str) -> String {
-    format!("{prefix}-{:016x}{suffix}", rand::random::<u64>())
+    format!("{prefix}-{:016x}{suffix}", tessera_common::rng::random_u64())
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

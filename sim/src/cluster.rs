@@ -25,6 +25,12 @@ const HEARTBEAT_MS: u64 = 50;
 const ELECTION_MIN_MS: u64 = 300;
 const ELECTION_MAX_MS: u64 = 600;
 const CALL_WAIT_MS: u64 = 1_500;
+/// Snapshots every few hundred entries, keeping few behind them, so a run
+/// builds snapshots, purges the log under them, and sends a node that was
+/// down or cut off a snapshot instead of entries (the defaults, 10,000 and
+/// 1,000, are never reached in a run).
+pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 300;
+pub const MAX_IN_SNAPSHOT_LOG_TO_KEEP: u64 = 50;
 
 pub fn host_name(node: u64) -> String {
     format!("ns{node}")
@@ -49,7 +55,8 @@ pub fn name_server_config(
         "node_id = {node}\nlisten = \"{}\"\ndata_dir = \"{}\"\ncerts_dir = \"/nonexistent\"\nidentity = \"{}\"\n\n\
          [raft]\nheartbeat_interval_ms = {HEARTBEAT_MS}\nelection_timeout_min_ms = {ELECTION_MIN_MS}\n\
          election_timeout_max_ms = {ELECTION_MAX_MS}\npropose_timeout_ms = {CALL_WAIT_MS}\n\
-         read_timeout_ms = {CALL_WAIT_MS}\n",
+         read_timeout_ms = {CALL_WAIT_MS}\nsnapshot_logs_since_last = {SNAPSHOT_LOGS_SINCE_LAST}\n\
+         max_in_snapshot_log_to_keep = {MAX_IN_SNAPSHOT_LOG_TO_KEEP}\n",
         SocketAddr::new(ip, PORT),
         data_dir.display(),
         host_name(node),

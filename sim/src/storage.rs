@@ -56,6 +56,8 @@ fn raft_tuning() -> RaftTuning {
         election_timeout_max_ms: 600,
         propose_timeout_ms: 1_500,
         read_timeout_ms: 1_500,
+        snapshot_logs_since_last: crate::cluster::SNAPSHOT_LOGS_SINCE_LAST,
+        max_in_snapshot_log_to_keep: crate::cluster::MAX_IN_SNAPSHOT_LOG_TO_KEEP,
         ..RaftTuning::default()
     }
 }
