@@ -3,9 +3,9 @@
 //! as after `kill -9`; a chunk server's disk loses what was not synced), a
 //! power loss (every disk of the hosts loses what was not synced, RocksDB's
 //! included: [`PowerCut`]) of one name or object server, of every chunk
-//! server, of the name service or of the whole cluster at once, a pause (every message to and
-//! from a server held, then delivered at once, late: what peers see of a
-//! stalled process), a slow network, a lossy one (requests and responses
+//! server, of the name service or of the whole cluster at once, a pause
+//! (every message to and from a server held, then delivered at once, late:
+//! what peers see of a stalled process), a slow network, a lossy one (requests and responses
 //! dropped, so callers see timeouts after the server may have acted), or
 //! one byte of a stored chunk fragment flipped. Name-server targets lean
 //! toward the current leader, where faults matter most.
