@@ -17,7 +17,7 @@
 //! (tables, manifest) are synced before they count, and a kernel writes the
 //! rest back within seconds. Renames and deletes are not undone.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -62,7 +62,7 @@ struct SyncedLength {
 }
 
 /// Every file synced in this process, by the path it had when synced.
-static LEDGER: Mutex<Option<HashMap<PathBuf, SyncedLength>>> = Mutex::new(None);
+static LEDGER: Mutex<BTreeMap<PathBuf, SyncedLength>> = Mutex::new(BTreeMap::new());
 
 /// `fsync(fd)`, recorded in the ledger when it succeeds.
 pub fn fsync_observed(fd: std::ffi::c_int) -> std::ffi::c_int {
@@ -101,13 +101,12 @@ fn record(fd: std::ffi::c_int) {
         length: metadata.len(),
     };
     if let Ok(mut ledger) = LEDGER.lock() {
-        ledger.get_or_insert_with(HashMap::new).insert(path, synced);
+        ledger.insert(path, synced);
     }
 }
 
 fn synced_length(path: &Path) -> Option<SyncedLength> {
-    let ledger = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
-    ledger.as_ref()?.get(path).copied()
+    LEDGER.lock().unwrap_or_else(|p| p.into_inner()).get(path).copied()
 }
 
 /// Fails unless this executable expanded [`interpose_fsync!`]: without it
